@@ -1,0 +1,1239 @@
+"""The RFC 9293 state machine of one utcp connection, without any I/O.
+
+Reading list, in the order this module leans on them:
+- RFC 9293 (TCP): 3.3.2 states, 3.4 sequence numbers, 3.7 segmentation and Nagle, 3.8
+  timeouts, keep-alives and windows, 3.10 event processing (the order of checks below).
+- RFC 6298 (retransmission timer), RFC 5681 / RFC 6582 / RFC 6675 (congestion control,
+  fast retransmit, SACK-based recovery), RFC 2018 (SACK), RFC 7323 (window scale,
+  timestamps, PAWS), RFC 5961 (blind in-window attacks: challenge ACKs), RFC 6528 (ISNs),
+  RFC 1122 4.2 (host requirements: delayed ACK, keep-alives, closing with unread data).
+
+Theory of operation. A ``Connection`` is a pure function of its inputs and ``now``:
+``receive_datagrams``/``receive_segment`` feed peer segments, ``connect``/``listen``/
+``send``/``receive``/``shutdown``/``close``/``abort`` are the application calls and
+``handle_timer`` fires due timers. Nothing is sent from those calls: they only update the
+transmission control block (TCB) and set flags. ``datagrams_to_send(now)`` (or
+``segments_to_send``) then decides what goes on the wire: SYNs, retransmissions, new data
+within the peer's window and the congestion window, FIN, probes and ACKs, coalescing one ACK
+per batch of input. ``next_timer()`` tells the I/O layer when to call ``handle_timer`` and
+``next_event()`` hands out what the application must hear about.
+
+Sequence numbers are 32-bit on the wire, but inside the TCB both directions are tracked as
+unwrapped 64-bit offsets (offset 0 is the SYN, data starts at offset 1) and converted at the
+edges, so buffers, the scoreboard and comparisons never deal with wrap-around.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Iterable
+
+from . import _congestion
+from ._buffers import ReceiveBuffer, SendBuffer
+from ._config import DEFAULT_PEER_MSS, Config
+from ._errors import ConnectionTimedOut, UtcpStateError
+from ._events import (
+    Closed,
+    ConnectionFailed,
+    DataReceived,
+    EOFReceived,
+    Established,
+    Event,
+    SendSpaceAvailable,
+    StateChanged,
+)
+from ._recovery import DUP_THRESH, Scoreboard, SentSegment
+from ._rtt import RttEstimator
+from ._seq import MASK, seq_diff
+from ._state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, State
+from ._stats import ConnectionStats
+from ._wire import ACK, FIN, PSH, RST, SYN, DecodeError, Segment, decode_untrusted, encode
+
+log = logging.getLogger("utcp.core")
+
+# RFC 7323 2.3: the largest shift a window scale option may carry.
+MAX_WSCALE = 14
+# Retransmissions of our SYN-ACK before a half-open passive connection is dropped (Linux: 5).
+SYNACK_RETRIES = 5
+# RFC 6298 (5.7): RTO after a lost SYN, once data transmission begins.
+RTO_AFTER_SYN_LOSS = 3.0
+# RFC 9293 3.8.6.2.1: Fs, the fraction of the peer's largest window worth sending alone.
+SWS_FRACTION = 0.5
+# RFC 7323 5.5: TS.Recent is invalid after 24 days of idleness.
+PAWS_IDLE_LIMIT = 24 * 24 * 3600.0
+# RFC 7323 4.1 / 5.4: timestamp clock of 1 ms per tick.
+TS_HZ = 1000
+
+
+def rfc6528_isn(key: bytes, conn_id: bytes, now: float) -> int:
+    """RFC 6528 3: ISN = M + F(localip, localport, remoteip, remoteport, secretkey), with M
+    a 4-microsecond timer and F a keyed hash (BLAKE2s) of the connection identity."""
+    f = hashlib.blake2s(conn_id, key=key[:32], digest_size=4).digest()
+    m = int(now * 250_000)
+    return (m + int.from_bytes(f, "big")) & MASK
+
+
+def reset_for(seg: Segment) -> Segment | None:
+    """The RST that answers a segment arriving for no connection (RFC 9293 3.10.7.1)."""
+    if seg.flags & RST:
+        return None  # an incoming RST is discarded, never answered
+    if seg.flags & ACK:
+        return Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0)
+    return Segment(seg.dst_port, seg.src_port, 0, (seg.seq + seg.seg_len) & MASK, RST | ACK, 0)
+
+
+class Connection:
+    """One TCP connection's state machine. See the module docstring for how to drive it."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        local_port: int,
+        remote_port: int = 0,
+        isn_key: bytes = b"\0" * 16,
+        conn_id: bytes = b"",
+        ipv6: bool = False,
+        iss: int | None = None,
+    ) -> None:
+        """``isn_key`` and ``conn_id`` (the connection's identity, e.g. both addresses) feed
+        the RFC 6528 ISN; ``iss`` overrides it (tests put ISNs near 2**32)."""
+        self.config = config
+        self.local_port = local_port
+        self.remote_port = remote_port
+        self._isn_key = isn_key
+        self._conn_id = conn_id
+        self._iss_override = iss
+        self.state = State.CLOSED
+        self.remote_address: tuple[str, int] | None = None  # set by the host that demuxes
+        self.error: Exception | None = None
+        self.stats = ConnectionStats()
+        self.nodelay = config.nodelay
+        self.keepalive = config.keepalive
+        self.keepalive_idle = config.keepalive_idle
+        self.keepalive_interval = config.keepalive_interval
+        self.keepalive_count = config.keepalive_count
+        self.user_timeout = config.user_timeout
+        self._events: deque[Event] = deque()
+        self._out: list[Segment] = []  # control segments queued by input processing
+
+        # -- send side (RFC 9293 3.3.1 names; offsets, see module docstring) --
+        self.iss = 0
+        self._snd_una = 0
+        self._snd_nxt = 0
+        self.snd_wnd = 0
+        self.max_snd_wnd = 0
+        self._snd_wl1 = 0  # offsets of the segment/ack that last updated the window
+        self._snd_wl2 = 0
+        self.sndbuf = SendBuffer(config.send_buffer_size)
+        self._fin_queued = False
+        self._fin_offset: int | None = None
+        self.scoreboard = Scoreboard()
+        self._dupacks = 0
+        self._recovery_point: int | None = None  # RFC 6675 "RecoveryPoint"
+        self._syn_due = False
+        self._syn_retries = 0
+
+        # -- receive side --
+        self.irs = 0
+        self.rcvbuf = ReceiveBuffer()
+        self._rcv_adv = 1  # right edge of the window we last advertised (offset)
+        self._rcv_wnd_capacity = config.receive_buffer_size
+        self._fin_received = False
+        self._ack_now = False
+        self._delack_deadline: float | None = None
+        self._unacked_full_segments = 0
+        self._last_ack_sent = 0  # offset we last acknowledged (RFC 7323 Last.ACK.sent)
+
+        # -- options (RFC 9293 3.7.1, RFC 7323, RFC 2018) --
+        self._ipv6 = ipv6
+        self.local_mss = config.local_mss(ipv6)
+        self.peer_mss = DEFAULT_PEER_MSS
+        self.rcv_wscale = 0
+        self.snd_wscale = 0
+        self._offer_wscale = self._choose_wscale() if config.window_scaling else None
+        self.sack_ok = False
+        self.ts_ok = False
+        self.ts_recent = 0
+        self._ts_recent_time = 0.0
+        self._ts_offset = 0
+
+        # -- timers and estimators --
+        self.rtt = RttEstimator(
+            initial_rto=config.initial_rto, min_rto=config.min_rto, max_rto=config.max_rto
+        )
+        self.cc = _congestion.create(
+            config.congestion_control, mss=self.local_mss, initial_window=config.initial_window
+        )
+        self._rto_deadline: float | None = None
+        self._rto_retries = 0
+        self._connect_deadline: float | None = None
+        self._persist_deadline: float | None = None
+        self._persist_backoff = 0
+        self._keepalive_deadline: float | None = None
+        self._keepalive_probes = 0
+        self._timewait_deadline: float | None = None
+        self._finwait2_deadline: float | None = None
+        self._unacked_since: float | None = None
+        self._last_recv_time = 0.0
+        self._challenge_window_start = 0.0
+        self._challenge_count = 0
+        self._passive = False
+        self.orphaned = False
+        self._force_send = False  # a persist timeout: send even a small or probe segment
+        self._last_keepalive_time = 0.0
+        self._syn_time: float | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def snd_una(self) -> int:
+        return (self.iss + self._snd_una) & MASK
+
+    @property
+    def snd_nxt(self) -> int:
+        return (self.iss + self._snd_nxt) & MASK
+
+    @property
+    def rcv_nxt(self) -> int:
+        return (self.irs + self.rcvbuf.nxt + (1 if self._fin_received else 0)) & MASK
+
+    @property
+    def rcv_wnd(self) -> int:
+        return max(0, self._rcv_adv - self.rcvbuf.nxt)
+
+    @property
+    def effective_mss(self) -> int:
+        """Largest payload per segment: min of both MSS values less per-segment options."""
+        return max(1, min(self.local_mss, self.peer_mss) - (12 if self.ts_ok else 0))
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return self.scoreboard.pipe
+
+    @property
+    def readable(self) -> int:
+        """Bytes the application can receive right now."""
+        return len(self.rcvbuf)
+
+    @property
+    def at_eof(self) -> bool:
+        """The peer's FIN arrived and every byte before it has been read."""
+        return self._fin_received and not self.rcvbuf.ready
+
+    @property
+    def send_space(self) -> int:
+        """Bytes ``send()`` would accept now."""
+        return self.sndbuf.free if self.state in CAN_SEND and not self._fin_queued else 0
+
+    @property
+    def unsent(self) -> int:
+        return max(0, self.sndbuf.end - max(self._snd_nxt, 1))
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def in_recovery(self) -> bool:
+        return self._recovery_point is not None
+
+    # ------------------------------------------------------------------ application calls
+
+    def connect(self, now: float) -> None:
+        """Active open (RFC 9293 3.10.1): CLOSED -> SYN-SENT. Creates output (a SYN)."""
+        if self.state is not State.CLOSED or self.error is not None:
+            raise UtcpStateError(f"connect() in state {self.state}")
+        self._choose_iss(now)
+        self._connect_deadline = now + self.config.connect_timeout
+        self._syn_due = True
+        self._set_state(State.SYN_SENT)
+
+    def listen(self) -> None:
+        """Passive open (RFC 9293 3.10.1): CLOSED -> LISTEN."""
+        if self.state is not State.CLOSED or self.error is not None:
+            raise UtcpStateError(f"listen() in state {self.state}")
+        self._passive = True
+        self._set_state(State.LISTEN)
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue application bytes (RFC 9293 3.10.2); returns how many were taken (bounded by
+        the send buffer). Creates output once ``datagrams_to_send`` runs."""
+        if self._fin_queued or self.state not in (
+            State.SYN_SENT,
+            State.SYN_RECEIVED,
+            *CAN_SEND,
+        ):
+            if self.error is not None:
+                raise UtcpStateError(f"connection failed: {self.error}") from self.error
+            raise UtcpStateError(f"send() in state {self.state} after shutdown or close")
+        return self.sndbuf.write(data)
+
+    def receive(self, max_bytes: int = 65536) -> bytes:
+        """Take up to ``max_bytes`` in-order bytes (RFC 9293 3.10.3). May create output (a
+        window update, RFC 9293 3.8.6.2.2)."""
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        data = self.rcvbuf.read(max_bytes)
+        if data and self.state in CAN_RECEIVE and self._window_update_worthwhile():
+            self._ack_now = True
+        return data
+
+    def shutdown(self, now: float) -> None:
+        """Close our sending direction: FIN after the queued data (RFC 9293 3.10.4)."""
+        state = self.state
+        if state in (State.LISTEN, State.SYN_SENT) and not self._fin_queued:
+            if state is State.LISTEN:
+                self._terminate(now, None)
+                return
+            self._fin_queued = True  # sent once ESTABLISHED (RFC 9293 3.10.4, SYN-SENT)
+            return
+        if self._fin_queued or state in (State.CLOSED,):
+            return
+        self._fin_queued = True
+        if state is State.ESTABLISHED:
+            self._set_state(State.FIN_WAIT_1)
+        elif state is State.CLOSE_WAIT:
+            self._set_state(State.LAST_ACK)
+        # SYN-RECEIVED: the FIN waits until ESTABLISHED (RFC 9293 3.10.4).
+
+    def close(self, now: float) -> None:
+        """The application is done with the connection in both directions.
+
+        RFC 1122 4.2.2.13: closing with received data still unread resets the connection;
+        otherwise this is ``shutdown`` plus "orphaned": later data from the peer draws a
+        RST and FIN-WAIT-2 is bounded by ``fin_wait_2_timeout``.
+        """
+        if self.state in (State.CLOSED,):
+            return
+        if self.state in (State.LISTEN, State.SYN_SENT):
+            self._terminate(now, None)  # RFC 9293 3.10.4: delete the TCB
+            return
+        if self.rcvbuf.ready or self.rcvbuf.ooo_bytes:
+            self.abort(now)
+            return
+        self.orphaned = True
+        self.shutdown(now)
+        if self.state is State.FIN_WAIT_2:
+            self._finwait2_deadline = now + self.config.fin_wait_2_timeout
+
+    def abort(self, now: float) -> None:
+        """RFC 9293 3.10.5 ABORT: send a RST where the peer has state, then CLOSED."""
+        if self.state in (
+            State.SYN_RECEIVED,
+            State.ESTABLISHED,
+            State.FIN_WAIT_1,
+            State.FIN_WAIT_2,
+            State.CLOSE_WAIT,
+        ):
+            self._queue_rst(self.snd_nxt)
+        self._terminate(now, None)
+
+    # ------------------------------------------------------------------ input
+
+    def receive_datagrams(self, datagrams: Iterable[bytes | memoryview], now: float) -> None:
+        """Feed a batch of datagrams from the peer; malformed ones are dropped and counted."""
+        for data in datagrams:
+            try:
+                seg = decode_untrusted(data)
+            except DecodeError as exc:
+                self._drop(f"malformed: {exc.reason}")
+                if exc.reason == "checksum":
+                    self.stats.checksum_drops += 1
+                else:
+                    self.stats.malformed_drops += 1
+                continue
+            self.receive_segment(seg, now)
+
+    def receive_segment(self, seg: Segment, now: float) -> None:
+        """Process one decoded segment (RFC 9293 3.10.7). May create output."""
+        self.stats.segments_received += 1
+        state = self.state
+        if state is State.CLOSED:
+            self._closed_input(seg)
+        elif state is State.LISTEN:
+            self._listen_input(seg, now)
+        elif state is State.SYN_SENT:
+            self._syn_sent_input(seg, now)
+        else:
+            self._other_input(seg, now)
+
+    def _closed_input(self, seg: Segment) -> None:
+        # RFC 9293 3.10.7.1: all data is discarded; anything but a RST draws a RST.
+        self._drop("connection closed")
+        rst = reset_for(seg)
+        if rst is not None:
+            self._out.append(rst)
+
+    def _listen_input(self, seg: Segment, now: float) -> None:
+        # RFC 9293 3.10.7.2.
+        if seg.flags & RST:
+            self._drop("RST in LISTEN")
+            return
+        if seg.flags & ACK:
+            self._drop("ACK in LISTEN")
+            self._queue_rst(seg.ack)
+            return
+        if not seg.flags & SYN:
+            self._drop("no SYN in LISTEN")
+            return
+        self.remote_port = seg.src_port
+        self._take_syn(seg, now)
+        self._choose_iss(now)
+        self._syn_due = True
+        self._last_recv_time = now
+        self._set_state(State.SYN_RECEIVED)
+
+    def _syn_sent_input(self, seg: Segment, now: float) -> None:
+        # RFC 9293 3.10.7.3.
+        flags = seg.flags
+        if flags & ACK:
+            ack_off = self._ack_offset(seg.ack)
+            # first: SEG.ACK =< ISS or SEG.ACK > SND.NXT is unacceptable.
+            if not 0 < ack_off <= self._snd_nxt:
+                self._drop("unacceptable ACK in SYN-SENT")
+                if not flags & RST:
+                    self._queue_rst(seg.ack)
+                return
+        if flags & RST:
+            # second: RFC 5961 3.2 in SYN-SENT: a RST is acceptable only if it ACKs our SYN.
+            if flags & ACK:
+                self._terminate(now, ConnectionRefusedError("connection refused by peer"))
+            else:
+                self._drop("RST without ACK in SYN-SENT")
+            return
+        if not flags & SYN:
+            self._drop("no SYN in SYN-SENT")
+            return
+        # fourth: the SYN.
+        self._take_syn(seg, now)
+        self._last_recv_time = now
+        if flags & ACK:
+            self._snd_una = 1
+            self._syn_acked(seg, now)
+            self._update_window(seg, force=True)
+            self._set_state(State.ESTABLISHED)
+            self._on_established(now)
+            self._ack_now = True
+        else:
+            # Simultaneous open (RFC 9293 3.5, figure 8): answer with SYN-ACK.
+            self._syn_due = True
+            self._set_state(State.SYN_RECEIVED)
+
+    def _take_syn(self, seg: Segment, now: float) -> None:
+        """Record the peer's ISN and negotiate options from its SYN."""
+        self.irs = seg.seq
+        self.rcvbuf = ReceiveBuffer()
+        self._rcv_adv = 1 + self._window_space()
+        self._last_ack_sent = 1
+        # RFC 9293 3.7.1: MSS, else the 536-byte default.
+        if seg.mss is not None:
+            self.peer_mss = max(64, seg.mss)
+        # RFC 7323 2.2: window scaling only if both SYNs carry the option.
+        if seg.wscale is not None and self._offer_wscale is not None:
+            self.snd_wscale = min(seg.wscale, MAX_WSCALE)
+            self.rcv_wscale = self._offer_wscale
+        else:
+            self.snd_wscale = self.rcv_wscale = 0
+            self._offer_wscale = None
+            self._rcv_adv = 1 + min(self._window_space(), 65535)
+        # RFC 2018 2: SACK only if both sides sent SACK-permitted.
+        self.sack_ok = seg.sack_permitted and self.config.sack
+        # RFC 7323 3.2: timestamps only if the SYN carried them (and we offer them).
+        if seg.timestamps is not None and self.config.timestamps:
+            if self.state is State.LISTEN or (self.state is State.SYN_SENT and self.ts_ok):
+                self.ts_ok = True
+                self.ts_recent = seg.timestamps[0]
+                self._ts_recent_time = now
+        else:
+            self.ts_ok = False
+        self.cc.mss = self.effective_mss
+        self.cc.cwnd = max(
+            self.cc.cwnd * self.effective_mss // max(1, self.local_mss), self.effective_mss
+        )
+
+    def _syn_acked(self, seg: Segment, now: float) -> None:
+        """Our SYN is acknowledged: RTT sample from the handshake (Karn: only if sent once)."""
+        self._rto_deadline = None
+        if self._syn_retries == 0 and self._syn_time is not None:
+            self.rtt.on_sample(now - self._syn_time)
+        elif self.ts_ok and seg.timestamps is not None and seg.timestamps[1]:
+            self.rtt.on_sample(self._ts_rtt(seg.timestamps[1], now))
+        else:
+            self.rtt.reset_after_syn_loss(RTO_AFTER_SYN_LOSS)
+        self._rto_retries = 0
+        self._connect_deadline = None
+
+    def _other_input(self, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.4: SYN-RECEIVED and the synchronized states, step by step."""
+        if not self._check_paws(seg, now):
+            return
+        if not self._check_sequence(seg):
+            return
+        if seg.flags & RST:
+            self._handle_rst(seg, now)
+            return
+        if seg.flags & SYN:
+            self._handle_syn_in_window(seg, now)
+            return
+        if not seg.flags & ACK:
+            self._drop("no ACK")
+            return
+        self._update_ts_recent(seg, now)
+        self._last_recv_time = now
+        self._keepalive_probes = 0
+        if not self._handle_ack(seg, now):
+            return
+        if self.state is State.CLOSED:
+            return
+        self._handle_text(seg, now)
+        self._handle_fin(seg, now)
+
+    # RFC 7323 5.3 R1: PAWS, before the sequence check.
+    def _check_paws(self, seg: Segment, now: float) -> bool:
+        if not self.ts_ok or seg.timestamps is None or seg.flags & RST:
+            return True
+        tsval = seg.timestamps[0]
+        if seq_diff(tsval, self.ts_recent) >= 0:
+            return True
+        if now - self._ts_recent_time > PAWS_IDLE_LIMIT:
+            return True  # RFC 7323 5.5: TS.Recent too old to trust
+        self._drop("PAWS: old timestamp")
+        self._ack_now = True
+        return False
+
+    def _check_sequence(self, seg: Segment) -> bool:
+        """RFC 9293 3.10.7.4 first: the segment acceptability test (four cases)."""
+        seg_off = self._seq_offset(seg.seq)
+        rcv_nxt = self.rcvbuf.nxt + (1 if self._fin_received else 0)
+        rcv_wnd = max(0, self._rcv_adv - rcv_nxt)
+        seg_len = seg.seg_len
+        if seg_len == 0:
+            ok = seg_off == rcv_nxt if rcv_wnd == 0 else rcv_nxt <= seg_off < rcv_nxt + rcv_wnd
+        elif rcv_wnd == 0:
+            ok = False
+        else:
+            end = seg_off + seg_len - 1
+            ok = rcv_nxt <= seg_off < rcv_nxt + rcv_wnd or rcv_nxt <= end < rcv_nxt + rcv_wnd
+        if self.state is State.SYN_RECEIVED and seg_off == 0 and seg.flags & SYN:
+            ok = True  # a retransmitted SYN: answered by the SYN-ACK timer, not a challenge
+        if ok:
+            return True
+        # If RCV.WND is zero, an in-order segment's ACK, RST and FIN are still processed
+        # (RFC 9293 3.10.7.4 "should be specially treated").
+        if rcv_wnd == 0 and seg_off == rcv_nxt and seg.flags & (ACK | RST):
+            return True
+        self._drop("outside receive window")
+        if seg.flags & RST:
+            return False
+        self._ack_now = True  # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
+        self.stats.dup_segments_received += 1
+        return False
+
+    def _handle_rst(self, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.4 second, with RFC 5961 3.2's exact-match rule."""
+        rcv_nxt = self.rcvbuf.nxt + (1 if self._fin_received else 0)
+        if self._seq_offset(seg.seq) != rcv_nxt:
+            self._drop("RST not at RCV.NXT: challenge ACK")
+            self._challenge_ack(now)
+            return
+        if self.state is State.SYN_RECEIVED and self._passive:
+            # Passive open: the listener lives on in the host; this TCB just goes away.
+            self._terminate(now, None)
+        elif self.state is State.SYN_RECEIVED:
+            self._terminate(now, ConnectionRefusedError("connection refused by peer"))
+        elif self.state in (State.CLOSING, State.LAST_ACK, State.TIME_WAIT):
+            self._terminate(now, None)
+        else:
+            self._terminate(now, ConnectionResetError("connection reset by peer"))
+
+    def _handle_syn_in_window(self, seg: Segment, now: float) -> None:
+        # RFC 9293 3.10.7.4 fourth + RFC 5961 4.2: a SYN here elicits a challenge ACK.
+        if self.state is State.SYN_RECEIVED and self._seq_offset(seg.seq) == 0:
+            self._drop("retransmitted SYN")
+            self._syn_due = True
+            return
+        self._drop("SYN in synchronized state: challenge ACK")
+        self._challenge_ack(now)
+
+    def _handle_ack(self, seg: Segment, now: float) -> bool:
+        """RFC 9293 3.10.7.4 fifth. Returns False when the segment is to be dropped."""
+        ack_off = self._ack_offset(seg.ack)
+        if self.state is State.SYN_RECEIVED:
+            if not 0 < ack_off <= self._snd_nxt:
+                self._drop("unacceptable ACK in SYN-RECEIVED")
+                self._queue_rst(seg.ack)
+                return False
+            self._snd_una = 1
+            self._syn_acked(seg, now)
+            self._update_window(seg, force=True)
+            self._set_state(State.ESTABLISHED)
+            self._on_established(now)
+        # RFC 5961 5.2: acceptable if SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT.
+        if ack_off > self._snd_nxt:
+            self._drop("ACK for data not yet sent")
+            self._ack_now = True
+            return False
+        if ack_off < self._snd_una - max(self.max_snd_wnd, 1):
+            self._drop("ACK too old (RFC 5961 5.2)")
+            self._ack_now = True
+            return False
+        self._process_ack(seg, ack_off, now)
+        if self.state is State.CLOSED:
+            return False
+        fin_acked = self._fin_offset is not None and self._snd_una > self._fin_offset
+        if fin_acked:
+            if self.state is State.FIN_WAIT_1:
+                self._set_state(State.FIN_WAIT_2)
+                if self.orphaned:
+                    self._finwait2_deadline = now + self.config.fin_wait_2_timeout
+            elif self.state is State.CLOSING:
+                self._enter_time_wait(now)
+            elif self.state is State.LAST_ACK:
+                self._terminate(now, None)
+                return False
+        if self.state is State.TIME_WAIT and seg.flags & FIN:
+            # RFC 9293 3.10.7.4: the only thing that can arrive is a retransmitted FIN:
+            # acknowledge it and restart the 2 MSL timeout.
+            self._ack_now = True
+            self._timewait_deadline = now + 2 * self.config.msl
+        return True
+
+    def _process_ack(self, seg: Segment, ack_off: int, now: float) -> None:
+        old_una = self._snd_una
+        sb = self.scoreboard
+        newly_sacked = 0
+        if self.sack_ok and seg.sack_blocks:
+            newly_sacked = self._apply_sack_blocks(seg.sack_blocks)
+        if ack_off > old_una:
+            self._on_new_ack(seg, ack_off, now)
+        elif (
+            ack_off == old_una
+            and seg.seg_len == 0
+            and self._snd_nxt > self._snd_una
+            and (seg.window << self.snd_wscale) == self.snd_wnd
+        ):
+            # RFC 5681 2: a duplicate ACK.
+            self._dupacks += 1
+            self.stats.dupacks_received += 1
+        window_before = self.snd_wnd
+        self._update_window(seg)
+        if self.snd_wnd > window_before or newly_sacked:
+            self._persist_backoff = 0
+        if self.sack_ok:
+            lost = sb.detect_losses_by_sack()
+            if lost:
+                self.stats.lost_segments += 1
+        loss_seen = sb.lost_bytes or (not self.sack_ok and self._dupacks >= DUP_THRESH)
+        if loss_seen and not self.in_recovery and self._snd_nxt > self._snd_una:
+            self._enter_recovery(now)
+
+    def _apply_sack_blocks(self, blocks: tuple[tuple[int, int], ...]) -> int:
+        newly = 0
+        for left, right in blocks:
+            lo, hi = self._ack_offset(left), self._ack_offset(right)
+            # RFC 2018 / RFC 6675: ignore blocks outside (SND.UNA, SND.NXT].
+            if not (self._snd_una <= lo < hi <= self._snd_nxt):
+                continue
+            newly += self.scoreboard.apply_sack(lo, hi)
+        self.stats.sacked_bytes += newly
+        return newly
+
+    def _on_new_ack(self, seg: Segment, ack_off: int, now: float) -> None:
+        sb = self.scoreboard
+        acked_segments = sb.acknowledge(ack_off)
+        acked = ack_off - self._snd_una
+        self._snd_una = ack_off
+        released = self.sndbuf.acknowledge(min(ack_off, self.sndbuf.end))
+        self.stats.bytes_acked += released
+        self._dupacks = 0
+        self._rto_retries = 0
+        self._persist_backoff = 0
+        # RTT: from the newest segment acked that was sent once (Karn, RFC 6298 (3)), else
+        # from the echoed timestamp (RFC 7323 4.1: only on ACKs that advance SND.UNA).
+        rtt: float | None = None
+        fresh = [s for s in acked_segments if s.retransmits == 0]
+        if fresh:
+            rtt = now - fresh[-1].xmit_time
+        elif self.ts_ok and seg.timestamps is not None and seg.timestamps[1]:
+            rtt = self._ts_rtt(seg.timestamps[1], now)
+        if rtt is not None:
+            self.rtt.on_sample(rtt)
+        if self.in_recovery and self._recovery_point is not None:
+            if ack_off >= self._recovery_point:
+                # RFC 6582 3.2 (3) / RFC 6675 5: a full ACK ends recovery.
+                self._recovery_point = None
+                self.cc.on_recovery_end(now=now)
+            elif not self.sack_ok:
+                # RFC 6582 3.2 (5): a partial ACK: the next hole is lost too.
+                first = sb.first()
+                if first is not None:
+                    sb.mark_lost(first)
+        else:
+            self.cc.on_ack(now=now, acked=acked, rtt=rtt, in_flight=sb.pipe + acked)
+        # RFC 6298 (5.2)/(5.3): stop the timer when all is acked, else restart it.
+        if self._snd_una >= self._snd_nxt:
+            self._rto_deadline = None
+            self._unacked_since = None
+        else:
+            self._rto_deadline = now + self.rtt.current_rto()
+            self._unacked_since = now
+        if released:
+            self._events.append(SendSpaceAvailable())
+
+    def _enter_recovery(self, now: float) -> None:
+        """RFC 6675 5 / RFC 6582 3.2: fast retransmit and fast recovery."""
+        sb = self.scoreboard
+        if not self.sack_ok:
+            first = sb.first()
+            if first is not None:
+                sb.mark_lost(first)
+        self._recovery_point = self._snd_nxt
+        self.stats.fast_retransmits += 1
+        self.cc.on_congestion(now=now, in_flight=sb.pipe + sb.lost_bytes)
+
+    def _update_window(self, seg: Segment, force: bool = False) -> None:
+        """RFC 9293 3.10.7.4 fifth: update SND.WND if the segment is newer (SND.WL1/WL2)."""
+        seq_off = self._seq_offset(seg.seq)
+        ack_off = self._ack_offset(seg.ack)
+        if (
+            force
+            or self._snd_wl1 < seq_off
+            or (self._snd_wl1 == seq_off and self._snd_wl2 <= ack_off)
+        ):
+            # RFC 7323 2.2: the window in a SYN is never scaled.
+            shift = 0 if seg.flags & SYN else self.snd_wscale
+            self.snd_wnd = seg.window << shift
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+            self._snd_wl1 = seq_off
+            self._snd_wl2 = ack_off
+
+    def _handle_text(self, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.4 seventh: segment text."""
+        payload = seg.payload
+        if not payload:
+            return
+        if self.state not in CAN_RECEIVE:
+            self._drop("data after the peer's FIN")
+            return
+        if self.orphaned:
+            # RFC 1122 4.2.2.13: new data after CLOSE resets the connection.
+            self._drop("data after close")
+            self._queue_rst(self.snd_nxt)
+            self._terminate(now, None)
+            return
+        seg_off = self._seq_offset(seg.seq) + (1 if seg.flags & SYN else 0)
+        rb = self.rcvbuf
+        had_gap = rb.has_gap
+        before = rb.nxt
+        full = len(payload) >= self.effective_mss
+        moved = rb.insert(seg_off, payload, self._rcv_adv)
+        self.stats.bytes_received += moved
+        if moved:
+            self._events.append(DataReceived())
+        if seg_off != before or had_gap:
+            # RFC 5681 4.2 / RFC 9293 3.8.6.3: out-of-order data, or data that fills a gap,
+            # is acknowledged at once.
+            self._ack_now = True
+            if seg_off < before:
+                self.stats.dup_segments_received += 1
+            elif seg_off > before:
+                self.stats.ooo_segments_received += 1
+        else:
+            self._schedule_delayed_ack(now, full)
+
+    def _schedule_delayed_ack(self, now: float, full: bool) -> None:
+        # RFC 1122 4.2.3.2 / RFC 9293 3.8.6.3: ACK at least every second full-sized segment,
+        # and within the delayed-ACK timeout.
+        if full:
+            self._unacked_full_segments += 1
+        if self._unacked_full_segments >= 2 or self.config.delayed_ack == 0:
+            self._ack_now = True
+        elif self._delack_deadline is None:
+            self._delack_deadline = now + self.config.delayed_ack
+
+    def _handle_fin(self, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.4 eighth: the FIN, processed only once it is in order."""
+        rb = self.rcvbuf
+        if seg.flags & FIN and not self._fin_received and self.state in CAN_RECEIVE:
+            fin_off = self._seq_offset(seg.seq) + seg.seg_len - 1
+            if fin_off < self._rcv_adv + 1:
+                rb.fin_offset = fin_off
+        if rb.fin_offset is None or self._fin_received or rb.nxt != rb.fin_offset:
+            return
+        self._fin_received = True
+        self._ack_now = True
+        self._events.append(EOFReceived())
+        if self.state is State.ESTABLISHED:
+            self._set_state(State.CLOSE_WAIT)
+        elif self.state is State.FIN_WAIT_1:
+            # Our FIN is not acked yet (else we would be in FIN-WAIT-2): simultaneous close.
+            self._set_state(State.CLOSING)
+        elif self.state is State.FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    def _challenge_ack(self, now: float) -> None:
+        # RFC 5961 7: rate-limit challenge ACKs.
+        if now - self._challenge_window_start >= 1.0:
+            self._challenge_window_start = now
+            self._challenge_count = 0
+        if self._challenge_count < self.config.challenge_ack_limit:
+            self._challenge_count += 1
+            self.stats.challenge_acks_sent += 1
+            self._ack_now = True
+
+    def _update_ts_recent(self, seg: Segment, now: float) -> None:
+        # RFC 7323 4.3 (2): TS.Recent takes TSval when SEG.SEQ <= Last.ACK.sent.
+        if (
+            self.ts_ok
+            and seg.timestamps is not None
+            and self._seq_offset(seg.seq) <= self._last_ack_sent
+            and seq_diff(seg.timestamps[0], self.ts_recent) >= 0
+        ):
+            self.ts_recent = seg.timestamps[0]
+            self._ts_recent_time = now
+
+    # ------------------------------------------------------------------ timers
+
+    def next_timer(self) -> float | None:
+        """The earliest deadline at which ``handle_timer`` must run, or None."""
+        best: float | None = None
+        for t in (
+            self._rto_deadline,
+            self._delack_deadline,
+            self._persist_deadline,
+            self._keepalive_deadline,
+            self._timewait_deadline,
+            self._finwait2_deadline,
+            self._connect_deadline,
+            self._user_timeout_deadline(),
+        ):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def _user_timeout_deadline(self) -> float | None:
+        if self.user_timeout is None or self._unacked_since is None:
+            return None
+        return self._unacked_since + self.user_timeout
+
+    def handle_timer(self, now: float) -> None:
+        """Run every timer due at ``now``. May create output."""
+        if self.state is State.CLOSED:
+            return
+        uto = self._user_timeout_deadline()
+        if uto is not None and now >= uto:
+            # RFC 9293 3.8.3 / RFC 5482: data unacknowledged for the user timeout.
+            self._terminate(now, ConnectionTimedOut("user timeout"), rst=True)
+            return
+        if self._connect_deadline is not None and now >= self._connect_deadline:
+            self._terminate(now, ConnectionTimedOut("connect timeout"))
+            return
+        if self._timewait_deadline is not None and now >= self._timewait_deadline:
+            self._terminate(now, None)  # RFC 9293 3.10.8: TIME-WAIT timeout
+            return
+        if self._finwait2_deadline is not None and now >= self._finwait2_deadline:
+            self._terminate(now, None)
+            return
+        if self._delack_deadline is not None and now >= self._delack_deadline:
+            self._delack_deadline = None
+            self._ack_now = True
+        if self._rto_deadline is not None and now >= self._rto_deadline:
+            self._on_rto(now)
+            if self.closed:
+                return
+        if self._persist_deadline is not None and now >= self._persist_deadline:
+            self._on_persist(now)
+        if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
+            self._on_keepalive(now)
+
+    def _on_rto(self, now: float) -> None:
+        """RFC 6298 (5.4)-(5.6) and RFC 9293 3.8.3 (R2)."""
+        self.stats.rto_expiries += 1
+        if self.state in (State.SYN_SENT, State.SYN_RECEIVED):
+            if self.state is State.SYN_RECEIVED and self._syn_retries >= SYNACK_RETRIES:
+                self._terminate(now, ConnectionTimedOut("handshake"))
+                return
+            self._syn_retries += 1
+            self.rtt.back_off()
+            self._syn_due = True
+            self._rto_deadline = None
+            return
+        self._rto_retries += 1
+        if self._rto_retries > self.config.max_retransmissions:
+            self._terminate(now, ConnectionTimedOut("retransmission limit"), rst=True)
+            return
+        sb = self.scoreboard
+        self.cc.on_rto(now=now, in_flight=sb.pipe + sb.lost_bytes)
+        sb.mark_all_lost()
+        self._recovery_point = None
+        self._dupacks = 0
+        self.rtt.back_off()
+        self._rto_deadline = now + self.rtt.current_rto()
+
+    def _on_persist(self, now: float) -> None:
+        """RFC 9293 3.8.6.1 zero-window probe, also the SWS override timeout (3.8.6.2.1)."""
+        self._persist_deadline = None
+        self._persist_backoff += 1
+        self.stats.window_probes += 1
+        self._force_send = True
+
+    def _on_keepalive(self, now: float) -> None:
+        """RFC 1122 4.2.3.6 / RFC 9293 3.8.4."""
+        self._keepalive_deadline = None
+        if self._keepalive_probes >= self.keepalive_count:
+            self._terminate(now, ConnectionTimedOut("keepalive"), rst=True)
+            return
+        self._keepalive_probes += 1
+        self.stats.keepalive_probes += 1
+        # <SEQ=SND.NXT-1>, no data: the peer answers with an ACK.
+        self._out.append(self._segment(ACK, (self.snd_nxt - 1) & MASK, b"", now))
+
+    def _arm_idle_timers(self, now: float) -> None:
+        """Persist and keepalive are armed after output, from the resulting state."""
+        idle = (
+            self._snd_nxt >= self._snd_una
+            and self.scoreboard.pipe == 0
+            and not len(self.scoreboard)
+        )
+        # Persist: data waiting, nothing in flight, and the window holds it back.
+        if self.state in SYNCHRONIZED and idle and (self.unsent or self._fin_pending()):
+            if self._persist_deadline is None:
+                rto = self.rtt.current_rto() * (1 << min(self._persist_backoff, 16))
+                self._persist_deadline = now + min(
+                    max(rto, self.config.min_rto), self.config.max_rto
+                )
+        else:
+            self._persist_deadline = None
+        if self.keepalive and self.state in SYNCHRONIZED and self.state is not State.TIME_WAIT:
+            if idle and not self.unsent:
+                if self._keepalive_probes:
+                    base = self.keepalive_interval
+                    since = self._last_probe_time()
+                else:
+                    base = self.keepalive_idle
+                    since = self._last_recv_time
+                self._keepalive_deadline = since + base
+            else:
+                self._keepalive_deadline = None
+        else:
+            self._keepalive_deadline = None
+
+    def _last_probe_time(self) -> float:
+        return self._last_keepalive_time
+
+    # ------------------------------------------------------------------ output
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """Everything to put on the wire now, encoded. Creates output by definition."""
+        return [encode(seg) for seg in self.segments_to_send(now)]
+
+    def segments_to_send(self, now: float) -> list[Segment]:
+        """Like ``datagrams_to_send`` but as ``Segment`` objects (for tests and tracing)."""
+        out = self._out
+        self._out = []
+        state = self.state
+        if self._syn_due and state in (State.SYN_SENT, State.SYN_RECEIVED):
+            out.append(self._syn_segment(now))
+        elif state in SYNCHRONIZED:
+            self._output_data(out, now)
+            acking = any(s.flags & ACK and not s.flags & RST for s in out)
+            delack_due = self._delack_deadline is not None and self._delack_deadline <= now
+            if not acking and (self._ack_now or delack_due):
+                out.append(self._segment(ACK, self.snd_nxt, b"", now))
+                acking = True
+            if acking:
+                self._ack_sent()
+            self._arm_idle_timers(now)
+            if out and self.keepalive:
+                for s in out:
+                    if s.seq == (self.snd_nxt - 1) & MASK and not s.payload:
+                        self._last_keepalive_time = now
+        self.stats.segments_sent += len(out)
+        return out
+
+    def _syn_segment(self, now: float) -> Segment:
+        """SYN or SYN-ACK with our options (RFC 9293 3.7.1, RFC 7323, RFC 2018)."""
+        self._syn_due = False
+        if self._syn_retries == 0:
+            self._syn_time = now
+        else:
+            self.stats.retransmits += 1
+        self._snd_nxt = max(self._snd_nxt, 1)
+        self._rto_deadline = now + self.rtt.current_rto()
+        synack = self.state is State.SYN_RECEIVED
+        ts: tuple[int, int] | None = None
+        if self.config.timestamps and (not synack or self.ts_ok):
+            self.ts_ok = self.ts_ok or not synack
+            ts = (self._ts_now(now), self.ts_recent if synack else 0)
+        return Segment(
+            self.local_port,
+            self.remote_port,
+            self.iss,
+            self.rcv_nxt if synack else 0,
+            SYN | ACK if synack else SYN,
+            min(self._window_space(), 65535),
+            mss=self.local_mss,
+            wscale=self._offer_wscale
+            if (not synack or self.snd_wscale or self.rcv_wscale or self._offer_wscale is not None)
+            else None,
+            sack_permitted=self.config.sack and (not synack or self.sack_ok),
+            timestamps=ts,
+        )
+
+    def _output_data(self, out: list[Segment], now: float) -> None:
+        force = self._force_send
+        self._force_send = False
+        # 1. retransmissions of segments deemed lost (RFC 6675 5 (NextSeg rule 1) / RFC 6298).
+        sb = self.scoreboard
+        while True:
+            seg = sb.next_lost()
+            if seg is None or (
+                sb.pipe + (seg.end - seg.start) > max(self.cc.cwnd, self.effective_mss)
+                and sb.pipe > 0
+            ):
+                break
+            out.append(self._data_segment(seg.start, seg.end, seg.fin, now))
+            sb.on_retransmit(seg, now)
+            self.stats.retransmits += 1
+            self.stats.bytes_retransmitted += seg.end - seg.start
+            if self._rto_deadline is None:
+                self._rto_deadline = now + self.rtt.current_rto()
+        # 2. new data within the peer's window and the congestion window.
+        self._output_new_data(out, now, force)
+
+    def _output_new_data(self, out: list[Segment], now: float, force: bool) -> None:
+        sb = self.scoreboard
+        mss = self.effective_mss
+        if self.state not in (
+            State.ESTABLISHED,
+            State.CLOSE_WAIT,
+            State.FIN_WAIT_1,
+            State.LAST_ACK,
+            State.CLOSING,
+        ):
+            return
+        while True:
+            nxt = max(self._snd_nxt, 1)
+            data_end = self.sndbuf.end
+            wnd_edge = self._snd_una + self.snd_wnd
+            queued = data_end - nxt
+            fin_to_send = self._fin_pending() and nxt == data_end
+            if queued <= 0 and not fin_to_send:
+                return
+            cwnd_room = max(self.cc.cwnd - sb.pipe, 0)
+            usable = min(wnd_edge - nxt, cwnd_room)
+            n = max(0, min(queued, usable, mss))
+            if queued > 0 and not self._should_send(n, queued, nxt, force):
+                if force and not n:
+                    # RFC 9293 3.8.6.1: zero window probe <SEQ=SND.UNA-1> draws an ACK.
+                    out.append(self._segment(ACK, (self.snd_una - 1) & MASK, b"", now))
+                return
+            force = False
+            fin = (
+                self._fin_pending()
+                and nxt + n == data_end
+                and (n > 0 or cwnd_room > 0 or not sb.pipe)
+            )
+            if n == 0 and not fin:
+                return
+            end = nxt + n + (1 if fin else 0)
+            out.append(self._data_segment(nxt, end, fin, now))
+            self._snd_nxt = end
+            if fin:
+                self._fin_offset = end - 1
+            sb.add(SentSegment(nxt, end, now, fin))
+            self.stats.bytes_sent += n
+            if self._rto_deadline is None:
+                self._rto_deadline = now + self.rtt.current_rto()
+            if self._unacked_since is None:
+                self._unacked_since = now
+            if fin:
+                return
+
+    def _should_send(self, n: int, queued: int, nxt: int, force: bool) -> bool:
+        """Sender-side silly window avoidance and Nagle (RFC 9293 3.8.6.2.1, 3.7.4)."""
+        if n <= 0:
+            return False
+        if n >= self.effective_mss or force:
+            return True
+        nothing_in_flight = nxt >= self._snd_nxt and self._snd_una >= self._snd_nxt
+        nagle_ok = self.nodelay or nothing_in_flight
+        if n == queued and nagle_ok:
+            return True  # all queued data, pushed
+        return nagle_ok and n >= self.max_snd_wnd * SWS_FRACTION
+
+    def _fin_pending(self) -> bool:
+        return (
+            self._fin_queued
+            and self._fin_offset is None
+            and self.state
+            in (
+                State.FIN_WAIT_1,
+                State.LAST_ACK,
+            )
+        )
+
+    def _data_segment(self, start: int, end: int, fin: bool, now: float) -> Segment:
+        data_stop = end - 1 if fin else end
+        payload = self.sndbuf.get(start, data_stop)
+        flags = ACK | (FIN if fin else 0) | (PSH if payload and data_stop == self.sndbuf.end else 0)
+        return self._segment(flags, (self.iss + start) & MASK, payload, now)
+
+    def _segment(self, flags: int, seq: int, payload: bytes, now: float) -> Segment:
+        """A segment with ACK, window, timestamps and SACK blocks filled in."""
+        ts = (self._ts_now(now), self.ts_recent) if self.ts_ok else None
+        sack: tuple[tuple[int, int], ...] = ()
+        if self.sack_ok and self.rcvbuf.has_gap:
+            room = 40 - (12 if ts else 0)
+            max_blocks = min(4, (room - 4) // 8)
+            if payload:
+                spare = min(self.local_mss, self.peer_mss) - len(payload) - (12 if ts else 0)
+                max_blocks = min(max_blocks, max(0, (spare - 4) // 8))
+            base = self.irs
+            sack = tuple(
+                ((base + s) & MASK, (base + e) & MASK)
+                for s, e in self.rcvbuf.sack_blocks(max_blocks)
+            )
+        return Segment(
+            self.local_port,
+            self.remote_port,
+            seq,
+            self.rcv_nxt,
+            flags,
+            self._advertise_window(),
+            payload,
+            sack_blocks=sack,
+            timestamps=ts,
+        )
+
+    def _ack_sent(self) -> None:
+        self._ack_now = False
+        self._delack_deadline = None
+        self._unacked_full_segments = 0
+        self._last_ack_sent = self.rcvbuf.nxt + (1 if self._fin_received else 0)
+
+    def _queue_rst(self, seq: int) -> None:
+        self.stats.resets_sent += 1
+        self._out.append(Segment(self.local_port, self.remote_port, seq & MASK, 0, RST, 0))
+
+    # ------------------------------------------------------------------ windows
+
+    def _choose_wscale(self) -> int:
+        # RFC 7323 2.2: the smallest shift that lets the buffer be advertised.
+        shift = 0
+        while (65535 << shift) < self.config.receive_buffer_size and shift < MAX_WSCALE:
+            shift += 1
+        return shift
+
+    def _window_space(self) -> int:
+        """Receive-buffer space beyond RCV.NXT."""
+        return max(0, self._rcv_wnd_capacity - len(self.rcvbuf))
+
+    def _window_update_worthwhile(self) -> bool:
+        # RFC 9293 3.8.6.2.2: move the right edge only by min(buffer/2, MSS) or more.
+        new_edge = self.rcvbuf.nxt + self._window_space()
+        step = min(self._rcv_wnd_capacity // 2, self.local_mss)
+        return new_edge - self._rcv_adv >= step
+
+    def _advertise_window(self) -> int:
+        """The 16-bit window field; never moves the right edge left (RFC 9293 3.8.6.2.2)."""
+        nxt = self.rcvbuf.nxt
+        if self._window_update_worthwhile():
+            self._rcv_adv = nxt + self._window_space()
+        edge = max(self._rcv_adv, nxt)
+        wnd = edge - nxt
+        field = min(wnd >> self.rcv_wscale, 65535)
+        if (field << self.rcv_wscale) + nxt < self._rcv_adv and field < 65535:
+            field += 1  # round up rather than shrink the edge by the scaling granularity
+        self._rcv_adv = max(self._rcv_adv, nxt + (field << self.rcv_wscale))
+        return field
+
+    # ------------------------------------------------------------------ state changes
+
+    def _on_established(self, now: float) -> None:
+        self._events.append(Established())
+        self._last_recv_time = now
+        if self._fin_queued:
+            self._set_state(State.FIN_WAIT_1)
+
+    def _enter_time_wait(self, now: float) -> None:
+        self._set_state(State.TIME_WAIT)
+        self._finwait2_deadline = None
+        self._rto_deadline = None
+        self._persist_deadline = None
+        self._keepalive_deadline = None
+        self._unacked_since = None
+        # RFC 9293 3.10.7.4 / 3.4.2: 2 MSL.
+        self._timewait_deadline = now + 2 * self.config.msl
+
+    def _terminate(self, now: float, error: Exception | None, *, rst: bool = False) -> None:
+        """Delete the TCB: CLOSED, all timers off, the application told why."""
+        if self.state is State.CLOSED:
+            return
+        if rst:
+            self._queue_rst(self.snd_nxt)
+        if error is not None and self.error is None:
+            self.error = error
+            self._events.append(ConnectionFailed(error))
+        for name in (
+            "_rto_deadline",
+            "_delack_deadline",
+            "_persist_deadline",
+            "_keepalive_deadline",
+            "_timewait_deadline",
+            "_finwait2_deadline",
+            "_connect_deadline",
+            "_unacked_since",
+        ):
+            setattr(self, name, None)
+        self._syn_due = False
+        self._ack_now = False
+        self._set_state(State.CLOSED)
+        self._events.append(Closed())
+
+    def _set_state(self, new: State) -> None:
+        """Every state change goes through here (STYLE.md rule 4)."""
+        old = self.state
+        if old is new:
+            return
+        self.state = new
+        self._events.append(StateChanged(old, new))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%d>%d %s -> %s", self.local_port, self.remote_port, old, new)
+
+    def _drop(self, reason: str) -> None:
+        """Every dropped segment is counted by reason (STYLE.md rule 4)."""
+        self.stats.drops[reason] = self.stats.drops.get(reason, 0) + 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%d>%d drop: %s", self.local_port, self.remote_port, reason)
+
+    def next_event(self) -> Event | None:
+        """The next event for the application, or None."""
+        return self._events.popleft() if self._events else None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _choose_iss(self, now: float) -> None:
+        if self._iss_override is not None:
+            self.iss = self._iss_override & MASK
+        else:
+            self.iss = rfc6528_isn(self._isn_key, self._conn_id, now)
+        # RFC 7323 7.1: a per-connection random timestamp offset, from the same keyed hash.
+        self._ts_offset = rfc6528_isn(self._isn_key, self._conn_id + b"ts", 0.0)
+
+    def _ts_now(self, now: float) -> int:
+        return (int(now * TS_HZ) + self._ts_offset) & MASK
+
+    def _ts_rtt(self, tsecr: int, now: float) -> float:
+        return max(0, seq_diff(self._ts_now(now), tsecr)) / TS_HZ
+
+    def _seq_offset(self, seq: int) -> int:
+        """A received sequence number as an offset in the peer's stream (near RCV.NXT)."""
+        return self.rcvbuf.nxt + seq_diff(seq, (self.irs + self.rcvbuf.nxt) & MASK)
+
+    def _ack_offset(self, ack: int) -> int:
+        """A received acknowledgment number as an offset in our stream (near SND.UNA)."""
+        return self._snd_una + seq_diff(ack, (self.iss + self._snd_una) & MASK)

@@ -1,0 +1,204 @@
+"""The sender's scoreboard: what is in flight, SACKed, or deemed lost (RFC 6675).
+
+It works on stream offsets only and never sees payload. Every operation an ACK triggers is
+amortised O(1) or O(log n) in the number of segments in flight: segments leave from the
+front on cumulative ACKs, SACK blocks only touch the segments they newly cover, and the loss
+scan only moves forward.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+
+# RFC 6675 2 / RFC 5681 3.2: DupThresh.
+DUP_THRESH = 3
+
+
+class SentSegment:
+    """One transmitted segment: offsets [start, end); ``fin`` if its last offset is our FIN."""
+
+    __slots__ = (
+        "end",
+        "fin",
+        "first_xmit_time",
+        "lost",
+        "retransmits",
+        "sacked",
+        "start",
+        "xmit_time",
+    )
+
+    def __init__(self, start: int, end: int, now: float, fin: bool) -> None:
+        self.start = start
+        self.end = end
+        self.fin = fin
+        self.xmit_time = now
+        self.first_xmit_time = now
+        self.retransmits = 0
+        self.sacked = False
+        self.lost = False
+
+
+class Scoreboard:
+    """Segments sent and not yet cumulatively acknowledged, in offset order.
+
+    ``pipe`` is RFC 6675's estimate of octets in flight: sent, not SACKed, and not deemed
+    lost (a retransmitted segment counts again until it is SACKed or acknowledged).
+    """
+
+    def __init__(self) -> None:
+        self._segs: list[SentSegment] = []
+        self._head = 0
+        self.pipe = 0
+        self.sacked_bytes = 0
+        self.lost_bytes = 0
+        self._lost_queue: deque[SentSegment] = deque()
+        self._top_sacked: list[int] = []  # starts of the DUP_THRESH highest SACKed segments
+        self._loss_scan = 0
+
+    def __len__(self) -> int:
+        return len(self._segs) - self._head
+
+    def __iter__(self) -> object:
+        return iter(self._segs[self._head :])
+
+    def first(self) -> SentSegment | None:
+        return self._segs[self._head] if self._head < len(self._segs) else None
+
+    def last(self) -> SentSegment | None:
+        return self._segs[-1] if self._head < len(self._segs) else None
+
+    def add(self, seg: SentSegment) -> None:
+        self._segs.append(seg)
+        self.pipe += seg.end - seg.start
+
+    def _index(self, offset: int) -> int:
+        """Index of the first segment whose start is >= offset."""
+        return bisect_left(self._segs, offset, self._head, key=lambda s: s.start)
+
+    def acknowledge(self, upto: int) -> list[SentSegment]:
+        """Drop segments wholly below ``upto``; trim one straddling it. Returns those dropped."""
+        segs, head = self._segs, self._head
+        done: list[SentSegment] = []
+        while head < len(segs) and segs[head].end <= upto:
+            seg = segs[head]
+            self._forget(seg, seg.end - seg.start)
+            done.append(seg)
+            head += 1
+        if head < len(segs) and segs[head].start < upto:
+            seg = segs[head]
+            self._forget(seg, upto - seg.start)
+            seg.start = upto
+        self._head = head
+        if head > 64 and head * 2 > len(segs):
+            del segs[:head]
+            self._head = 0
+        self._top_sacked = [s for s in self._top_sacked if s >= upto]
+        return done
+
+    def _forget(self, seg: SentSegment, n: int) -> None:
+        """Remove ``n`` acknowledged bytes of ``seg`` from whichever tally holds them."""
+        if seg.sacked:
+            self.sacked_bytes -= n
+        elif seg.lost:
+            self.lost_bytes -= n
+        else:
+            self.pipe -= n
+        if n == seg.end - seg.start:
+            seg.lost = False  # wholly acknowledged: never to be retransmitted
+
+    def apply_sack(self, start: int, end: int) -> int:
+        """Mark segments wholly inside [start, end) SACKed; return bytes newly SACKed."""
+        segs = self._segs
+        i = self._index(start)
+        newly = 0
+        while i < len(segs) and segs[i].end <= end:
+            seg = segs[i]
+            i += 1
+            if seg.sacked:
+                continue
+            n = seg.end - seg.start
+            if seg.lost:
+                seg.lost = False
+                self.lost_bytes -= n
+            else:
+                self.pipe -= n
+            seg.sacked = True
+            self.sacked_bytes += n
+            newly += n
+            self._note_top_sacked(seg.start)
+        return newly
+
+    def is_sacked_range(self, start: int, end: int) -> bool:
+        i = self._index(start)
+        return i < len(self._segs) and self._segs[i].start == start and self._segs[i].sacked
+
+    def _note_top_sacked(self, start: int) -> None:
+        top = self._top_sacked
+        if len(top) == DUP_THRESH and start <= top[0]:
+            return
+        top.append(start)
+        top.sort()
+        del top[: max(0, len(top) - DUP_THRESH)]
+
+    def detect_losses_by_sack(self) -> int:
+        """RFC 6675 4 IsLost(): a segment with DupThresh SACKed segments above it is lost.
+
+        Only never-retransmitted segments are marked here (a retransmission that is lost
+        again is left to the RTO). Returns bytes newly marked lost.
+        """
+        if len(self._top_sacked) < DUP_THRESH:
+            return 0
+        boundary = self._top_sacked[0]
+        if boundary <= self._loss_scan:
+            return 0
+        segs = self._segs
+        i = self._index(self._loss_scan)
+        newly = 0
+        while i < len(segs) and segs[i].end <= boundary:
+            seg = segs[i]
+            i += 1
+            if not seg.sacked and not seg.lost and seg.retransmits == 0:
+                newly += self.mark_lost(seg)
+        self._loss_scan = boundary
+        return newly
+
+    def mark_lost(self, seg: SentSegment) -> int:
+        if seg.sacked or seg.lost:
+            return 0
+        n = seg.end - seg.start
+        seg.lost = True
+        self.pipe -= n
+        self.lost_bytes += n
+        self._lost_queue.append(seg)
+        return n
+
+    def mark_all_lost(self) -> None:
+        """RFC 6675 5.1 / RFC 5681 (RTO): everything not SACKed is to be sent again."""
+        self._lost_queue.clear()
+        for seg in self._segs[self._head :]:
+            if seg.lost:
+                self._lost_queue.append(seg)
+            elif not seg.sacked:
+                self.mark_lost(seg)
+        self._loss_scan = 0
+
+    def next_lost(self) -> SentSegment | None:
+        """The lowest segment still marked lost, or None."""
+        q = self._lost_queue
+        while q and not q[0].lost:
+            q.popleft()
+        return q[0] if q else None
+
+    def on_retransmit(self, seg: SentSegment, now: float) -> None:
+        n = seg.end - seg.start
+        if seg.lost:
+            seg.lost = False
+            self.lost_bytes -= n
+            self.pipe += n
+        seg.retransmits += 1
+        seg.xmit_time = now
+
+    def clear(self) -> None:
+        self.__init__()  # type: ignore[misc]

@@ -1,0 +1,30 @@
+"""Per-connection counters (the raw material of ``statistics()``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ConnectionStats:
+    segments_sent: int = 0
+    segments_received: int = 0
+    bytes_sent: int = 0  # new payload bytes, first transmissions only
+    bytes_retransmitted: int = 0
+    bytes_acked: int = 0
+    bytes_received: int = 0  # in-order payload bytes delivered to the receive buffer
+    retransmits: int = 0
+    fast_retransmits: int = 0
+    rto_expiries: int = 0
+    lost_segments: int = 0
+    sacked_bytes: int = 0
+    dupacks_received: int = 0
+    dup_segments_received: int = 0
+    ooo_segments_received: int = 0
+    window_probes: int = 0
+    keepalive_probes: int = 0
+    challenge_acks_sent: int = 0
+    resets_sent: int = 0
+    checksum_drops: int = 0
+    malformed_drops: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
