@@ -277,7 +277,7 @@ class Connection:
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         data = self.rcvbuf.read(max_bytes)
-        if data and self.state in CAN_RECEIVE and self._window_update_worthwhile():
+        if data and self.state in CAN_RECEIVE and self._window_update_urgent():
             self._ack_now = True
         return data
 
@@ -1066,15 +1066,9 @@ class Connection:
         return nagle_ok and n >= self.max_snd_wnd * SWS_FRACTION
 
     def _fin_pending(self) -> bool:
-        return (
-            self._fin_queued
-            and self._fin_offset is None
-            and self.state
-            in (
-                State.FIN_WAIT_1,
-                State.LAST_ACK,
-            )
-        )
+        # CLOSING too: the peer's FIN may arrive while ours still waits behind queued data.
+        sending_fin = (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK)
+        return self._fin_queued and self._fin_offset is None and self.state in sending_fin
 
     def _data_segment(self, start: int, end: int, fin: bool, now: float) -> Segment:
         data_stop = end - 1 if fin else end
@@ -1138,6 +1132,14 @@ class Connection:
         step = min(self._rcv_wnd_capacity // 2, self.local_mss)
         return new_edge - self._rcv_adv >= step
 
+    def _window_update_urgent(self) -> bool:
+        """Whether a read should send a window update now rather than with the next ACK:
+        only when the SWS rule allows moving the edge and the window at least doubles
+        (a peer with half a buffer of window left is not waiting for us)."""
+        if not self._window_update_worthwhile():
+            return False
+        return self._window_space() >= 2 * max(self._rcv_adv - self.rcvbuf.nxt, 0)
+
     def _advertise_window(self) -> int:
         """The 16-bit window field; never moves the right edge left (RFC 9293 3.8.6.2.2)."""
         nxt = self.rcvbuf.nxt
@@ -1149,6 +1151,8 @@ class Connection:
         if (field << self.rcv_wscale) + nxt < self._rcv_adv and field < 65535:
             field += 1  # round up rather than shrink the edge by the scaling granularity
         self._rcv_adv = max(self._rcv_adv, nxt + (field << self.rcv_wscale))
+        if field == 0:
+            self.stats.zero_windows_advertised += 1
         return field
 
     # ------------------------------------------------------------------ state changes

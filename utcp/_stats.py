@@ -22,6 +22,7 @@ class ConnectionStats:
     dup_segments_received: int = 0
     ooo_segments_received: int = 0
     window_probes: int = 0
+    zero_windows_advertised: int = 0
     keepalive_probes: int = 0
     challenge_acks_sent: int = 0
     resets_sent: int = 0

@@ -234,20 +234,29 @@ def test_duplication_delivers_extra_copies() -> None:
     assert max(copies.values()) == 2
 
 
-def test_corruption_flips_one_to_three_bits_in_a_copy() -> None:
+@pytest.mark.parametrize("model", ["burst", "scatter"])
+def test_corruption_damages_a_copy(model: str) -> None:
     n, p = 5000, 0.1
-    net, a, b = pair(LinkConfig(corrupt=p), seed=5)
+    net, a, b = pair(LinkConfig(corrupt=p, corrupt_model=model), seed=5)
     a.send(B, n, size=32)
     sent = list(a.outbox)
     net.run(timeout=1.0)
     assert a.outbox == [] and [d for d, _ in sent] == [numbered(i, 32) for i in range(n)]
     distances: Counter[int] = Counter()
     for (data, _), (_, got, _) in zip(sent, b.received, strict=True):
-        distances[bin(int.from_bytes(data, "big") ^ int.from_bytes(got, "big")).count("1")] += 1
+        diff = int.from_bytes(data, "big") ^ int.from_bytes(got, "big")
+        distances[bin(diff).count("1")] += 1
+        if model == "burst" and diff:
+            # One run of adjacent bits: diff >> lowest set bit is 2**k - 1.
+            run = diff >> ((diff & -diff).bit_length() - 1)
+            assert run & (run + 1) == 0
     corrupted = n - distances[0]
     assert corrupted == net.link_stats(A[0], B[0]).corrupted
     assert abs(corrupted - n * p) < 4 * math.sqrt(n * p * (1 - p))
-    assert set(distances) == {0, 1, 2, 3}
+    if model == "scatter":
+        assert set(distances) == {0, 1, 2, 3}
+    else:
+        assert set(distances) == set(range(16))
 
 
 def test_jitter_alone_keeps_fifo_order() -> None:

@@ -16,15 +16,29 @@ from utcp.testing._network import (
     SimulationTimeout,
     TraceRecord,
 )
+from utcp.testing._pair import (
+    CLIENT_ADDR,
+    SERVER_ADDR,
+    HostPair,
+    Side,
+    TransferResult,
+    random_payload,
+)
 
 __all__ = [
+    "CLIENT_ADDR",
+    "SERVER_ADDR",
     "Address",
     "GilbertElliott",
+    "HostPair",
     "LinkConfig",
     "LinkStats",
     "Node",
     "PcapSink",
+    "Side",
     "SimNetwork",
     "SimulationTimeout",
     "TraceRecord",
+    "TransferResult",
+    "random_payload",
 ]

@@ -28,8 +28,13 @@ this order:
    the FIFO clamp, which is the only way later datagrams overtake it;
 6. **duplication**: with probability ``duplicate`` a second copy is scheduled with the same
    departure and its own delay draw (step 5);
-7. **corruption**: each copy independently, with probability ``corrupt``, has 1 to 3 distinct
-   random bits flipped (in a copy; the sender's bytes are never mutated).
+7. **corruption**: each copy independently, with probability ``corrupt``, is damaged in a copy
+   (the sender's bytes are never mutated). ``corrupt_model="burst"`` (the default) inverts a
+   run of 1 to 15 adjacent bits: the RFC 1071 checksum detects every burst shorter than 16
+   bits, so every such datagram must be dropped by the receiver. ``"scatter"`` flips 1 to 3
+   bits anywhere, which models errors the 16-bit checksum can miss (two flips in the same bit
+   column of different words, in opposite directions, cancel): it exists to measure that
+   limit of TCP's checksum, not to be survived.
 
 Random draws are made only for features that are enabled, in exactly the order above, from the
 single `random.Random(seed)` the network owns, so the same seed and the same node behaviour
@@ -175,7 +180,10 @@ class LinkConfig:
     """Probability a datagram is held back by an extra `reorder_delay`."""
     reorder_delay: float = 0.005
     corrupt: float = 0.0
-    """Probability 1..3 random bits of the datagram are flipped."""
+    """Probability a datagram is damaged, as `corrupt_model` says."""
+    corrupt_model: str = "burst"
+    """"burst": 1..15 adjacent bits inverted (always caught by RFC 1071); "scatter": 1..3
+    random bits flipped (may cancel out in the checksum)."""
     rate: float | None = None
     """Bottleneck rate in bits per second; None = infinite."""
     queue_bytes: int | None = None
@@ -196,6 +204,8 @@ class LinkConfig:
             raise ValueError("queue_bytes must be >= 0 or None")
         if self.mtu <= 0:
             raise ValueError("mtu must be > 0")
+        if self.corrupt_model not in ("burst", "scatter"):
+            raise ValueError("corrupt_model must be 'burst' or 'scatter'")
 
 
 @dataclass
@@ -387,6 +397,7 @@ class SimNetwork:
             return self._now
         steps = 0
         while True:
+            self._poll()  # application calls made inside until() may have created output
             instant = self._next_instant()
             if instant is None:
                 if until is None:
@@ -573,15 +584,20 @@ class SimNetwork:
             arrival += cfg.reorder_delay
         if cfg.corrupt > 0.0 and data and rng.random() < cfg.corrupt:
             link.stats.corrupted += 1
-            data = self._flip_bits(data)
+            data = self._flip_bits(data, cfg.corrupt_model)
         self._counter += 1
         heapq.heappush(self._heap, (arrival, self._counter, src, dst, data, link))
 
-    def _flip_bits(self, data: bytes) -> bytes:
+    def _flip_bits(self, data: bytes, model: str) -> bytes:
         rng = self._rng
         nbits = len(data) * 8
-        count = min(rng.randint(1, 3), nbits)
         corrupted = bytearray(data)
-        for bit in rng.sample(range(nbits), count):
-            corrupted[bit >> 3] ^= 1 << (bit & 7)
+        if model == "burst":
+            length = min(rng.randint(1, 15), nbits)
+            first = rng.randrange(nbits - length + 1)
+            bits = range(first, first + length)
+        else:
+            bits = rng.sample(range(nbits), min(rng.randint(1, 3), nbits))  # type: ignore[assignment]
+        for bit in bits:
+            corrupted[bit >> 3] ^= 0x80 >> (bit & 7)
         return bytes(corrupted)
