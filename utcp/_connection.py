@@ -29,6 +29,7 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import replace
 
 from . import _congestion
 from ._buffers import ReceiveBuffer, SendBuffer
@@ -185,6 +186,7 @@ class Connection:
         self._force_send = False  # a persist timeout: send even a small or probe segment
         self._last_keepalive_time = 0.0
         self._syn_time: float | None = None
+        self.delivery_rate = 0.0  # bytes per second, latest sample
 
     # ------------------------------------------------------------------ properties
 
@@ -331,6 +333,45 @@ class Connection:
             self._queue_rst(self.snd_nxt)
         self._terminate(now, None)
 
+    # ------------------------------------------------------------------ options
+
+    def set_send_buffer(self, size: int) -> None:
+        """SO_SNDBUF: bytes the application may queue (never below what is queued now)."""
+        if size < 1:
+            raise ValueError("send buffer size must be positive")
+        self.sndbuf.capacity = size
+
+    def set_receive_buffer(self, size: int) -> None:
+        """SO_RCVBUF: future window advertisements use the new size; the window scale was
+        fixed by the SYNs (RFC 7323 2.2) and the right edge never moves left."""
+        if size < 1:
+            raise ValueError("receive buffer size must be positive")
+        limit = 65535 << (self.rcv_wscale if self._offer_wscale is not None else 0)
+        if self.state in (State.CLOSED, State.LISTEN, State.SYN_SENT):
+            limit = 65535 << MAX_WSCALE
+            self._rcv_wnd_capacity = size
+            if self.config.window_scaling:
+                self._offer_wscale = self._wscale_for(size)
+            return
+        self._rcv_wnd_capacity = min(size, limit)
+
+    def set_mss(self, mss: int) -> None:
+        """TCP_MAXSEG: before the SYN it is the MSS we announce; later it only lowers the
+        segment size we send."""
+        if not 64 <= mss <= 65495:
+            raise ValueError("mss must be in 64..65495")
+        if self.state in (State.CLOSED, State.LISTEN, State.SYN_SENT) and not self._snd_nxt:
+            self.local_mss = mss
+        else:
+            self.local_mss = min(self.local_mss, mss)
+        self.cc.mss = self.effective_mss
+
+    def set_congestion_control(self, name: str) -> None:
+        """TCP_CONGESTION: switch algorithm, carrying the current cwnd and ssthresh over."""
+        cc = _congestion.create(name, mss=self.effective_mss, initial_window=1)
+        cc.cwnd, cc.ssthresh = self.cc.cwnd, self.cc.ssthresh
+        self.cc = cc
+
     # ------------------------------------------------------------------ input
 
     def receive_datagrams(self, datagrams: Iterable[bytes | memoryview], now: float) -> None:
@@ -374,7 +415,9 @@ class Connection:
             return
         if seg.flags & ACK:
             self._drop("ACK in LISTEN")
-            self._queue_rst(seg.ack)
+            # RFC 9293 3.10.7.2: <SEQ=SEG.ACK><CTL=RST> back to the segment's source.
+            self.stats.resets_sent += 1
+            self._out.append(Segment(self.local_port, seg.src_port, seg.ack, 0, RST, 0))
             return
         if not seg.flags & SYN:
             self._drop("no SYN in LISTEN")
@@ -470,7 +513,17 @@ class Connection:
         """RFC 9293 3.10.7.4: SYN-RECEIVED and the synchronized states, step by step."""
         if not self._check_paws(seg, now):
             return
-        if not self._check_sequence(seg):
+        if (
+            self.state is State.SYN_RECEIVED
+            and seg.flags & (SYN | ACK | RST) == SYN | ACK
+            and self._seq_offset(seg.seq) == 0
+            and self._ack_offset(seg.ack) == 1
+        ):
+            # Simultaneous open (RFC 9293 3.5 figure 8): the peer's SYN-ACK repeats the
+            # SYN we already hold. Trim the SYN off the front (RFC 9293 3.10.7.4, "trimming
+            # off any portions that lie outside the window") and keep its ACK.
+            seg = replace(seg, seq=(seg.seq + 1) & MASK, flags=seg.flags & ~SYN)
+        if not self._check_sequence(seg, now):
             return
         if seg.flags & RST:
             self._handle_rst(seg, now)
@@ -504,7 +557,7 @@ class Connection:
         self._ack_now = True
         return False
 
-    def _check_sequence(self, seg: Segment) -> bool:
+    def _check_sequence(self, seg: Segment, now: float) -> bool:
         """RFC 9293 3.10.7.4 first: the segment acceptability test (four cases)."""
         seg_off = self._seq_offset(seg.seq)
         rcv_nxt = self.rcvbuf.nxt + (1 if self._fin_received else 0)
@@ -524,10 +577,18 @@ class Connection:
         # If RCV.WND is zero, an in-order segment's ACK, RST and FIN are still processed
         # (RFC 9293 3.10.7.4 "should be specially treated").
         if rcv_wnd == 0 and seg_off == rcv_nxt and seg.flags & (ACK | RST):
+            if seg_len:
+                # RFC 9293 3.8.6.1: data into a zero window still draws an ACK at once,
+                # showing RCV.NXT and the zero window; the text itself is not accepted.
+                self._ack_now = True
             return True
         self._drop("outside receive window")
         if seg.flags & RST:
             return False
+        if self.state is State.TIME_WAIT and seg.flags & FIN:
+            # RFC 9293 3.10.7.4: a retransmitted FIN in TIME-WAIT is acknowledged and the
+            # 2 MSL timeout restarted.
+            self._timewait_deadline = now + 2 * self.config.msl
         self._ack_now = True  # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
         self.stats.dup_segments_received += 1
         return False
@@ -661,6 +722,13 @@ class Connection:
             rtt = self._ts_rtt(seg.timestamps[1], now)
         if rtt is not None:
             self.rtt.on_sample(rtt)
+        if acked_segments:
+            # Delivery rate sample: bytes delivered since the newest acked segment was sent,
+            # over the time since (the sampling idea of draft-cheng-iccrg-delivery-rate).
+            last = acked_segments[-1]
+            elapsed = now - last.xmit_time
+            if elapsed > 0:
+                self.delivery_rate = (self.stats.bytes_acked - last.delivered) / elapsed
         if self.in_recovery and self._recovery_point is not None:
             if ack_off >= self._recovery_point:
                 # RFC 6582 3.2 (3) / RFC 6675 5: a full ACK ends recovery.
@@ -888,6 +956,7 @@ class Connection:
             return
         self._keepalive_probes += 1
         self.stats.keepalive_probes += 1
+        self._last_keepalive_time = now
         # <SEQ=SND.NXT-1>, no data: the peer answers with an ACK.
         self._out.append(self._segment(ACK, (self.snd_nxt - 1) & MASK, b"", now))
 
@@ -947,10 +1016,6 @@ class Connection:
             if acking:
                 self._ack_sent()
             self._arm_idle_timers(now)
-            if out and self.keepalive:
-                for s in out:
-                    if s.seq == (self.snd_nxt - 1) & MASK and not s.payload:
-                        self._last_keepalive_time = now
         self.stats.segments_sent += len(out)
         return out
 
@@ -1044,7 +1109,9 @@ class Connection:
             self._snd_nxt = end
             if fin:
                 self._fin_offset = end - 1
-            sb.add(SentSegment(nxt, end, now, fin))
+            sent = SentSegment(nxt, end, now, fin)
+            sent.delivered = self.stats.bytes_acked
+            sb.add(sent)
             self.stats.bytes_sent += n
             if self._rto_deadline is None:
                 self._rto_deadline = now + self.rtt.current_rto()
@@ -1116,9 +1183,13 @@ class Connection:
     # ------------------------------------------------------------------ windows
 
     def _choose_wscale(self) -> int:
+        return self._wscale_for(self.config.receive_buffer_size)
+
+    @staticmethod
+    def _wscale_for(size: int) -> int:
         # RFC 7323 2.2: the smallest shift that lets the buffer be advertised.
         shift = 0
-        while (65535 << shift) < self.config.receive_buffer_size and shift < MAX_WSCALE:
+        while (65535 << shift) < size and shift < MAX_WSCALE:
             shift += 1
         return shift
 

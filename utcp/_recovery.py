@@ -19,6 +19,7 @@ class SentSegment:
     """One transmitted segment: offsets [start, end); ``fin`` if its last offset is our FIN."""
 
     __slots__ = (
+        "delivered",
         "end",
         "fin",
         "first_xmit_time",
@@ -38,6 +39,7 @@ class SentSegment:
         self.retransmits = 0
         self.sacked = False
         self.lost = False
+        self.delivered = 0  # bytes the connection had delivered when this was sent
 
 
 class Scoreboard:
@@ -53,6 +55,7 @@ class Scoreboard:
         self.pipe = 0
         self.sacked_bytes = 0
         self.lost_bytes = 0
+        self.reordered = 0  # segments deemed lost that arrived without a retransmission
         self._lost_queue: deque[SentSegment] = deque()
         self._top_sacked: list[int] = []  # starts of the DUP_THRESH highest SACKed segments
         self._loss_scan = 0
@@ -103,6 +106,8 @@ class Scoreboard:
             self.sacked_bytes -= n
         elif seg.lost:
             self.lost_bytes -= n
+            if seg.retransmits == 0:
+                self.reordered += 1
         else:
             self.pipe -= n
         if n == seg.end - seg.start:
@@ -122,6 +127,8 @@ class Scoreboard:
             if seg.lost:
                 seg.lost = False
                 self.lost_bytes -= n
+                if seg.retransmits == 0:
+                    self.reordered += 1
             else:
                 self.pipe -= n
             seg.sacked = True

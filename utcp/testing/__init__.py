@@ -24,9 +24,12 @@ from utcp.testing._pair import (
     TransferResult,
     random_payload,
 )
+from utcp.testing._streams import CLOGGED, sim_stream_pair, udp_stream_pair
+from utcp.testing._trio_net import SimTransport, TrioNetwork
 
 __all__ = [
     "CLIENT_ADDR",
+    "CLOGGED",
     "SERVER_ADDR",
     "Address",
     "GilbertElliott",
@@ -37,8 +40,12 @@ __all__ = [
     "PcapSink",
     "Side",
     "SimNetwork",
+    "SimTransport",
     "SimulationTimeout",
     "TraceRecord",
     "TransferResult",
+    "TrioNetwork",
     "random_payload",
+    "sim_stream_pair",
+    "udp_stream_pair",
 ]

@@ -417,6 +417,11 @@ class SimNetwork:
             if until is not None and until():
                 return self._now
 
+    def next_event_time(self) -> float | None:
+        """When the next delivery or node timer is due (after polling for new output)."""
+        self._poll()
+        return self._next_instant()
+
     def run_for(self, duration: float) -> None:
         """Process everything due in the next `duration` seconds, then set now = start + duration.
 
