@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import operator
 import socket as _socket
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ class UtcpStream(trio.abc.HalfCloseableStream):
         self._send_busy = False
         self._recv_busy = False
         self._detached_when_closed = False
+        self._sockname: tuple[str, int] | None = None
         self.notsent_lowat: int | None = None
         endpoint.streams[conn] = self
         endpoint.acquire()
@@ -237,8 +239,23 @@ class UtcpStream(trio.abc.HalfCloseableStream):
     # ------------------------------------------------------------ socket-like extras
 
     def getsockname(self) -> tuple[str, int]:
-        """Our UDP address (the TCP port is ``conn.local_port``)."""
-        return self.endpoint.local_address
+        """Our UDP address (the TCP port is ``conn.local_port``).
+
+        On a wildcard-bound endpoint this is, like a kernel TCP socket's, the concrete
+        address the routing table picks for the peer (found with a connected throwaway UDP
+        socket, which sends nothing)."""
+        ip, port = self.endpoint.local_address[:2]
+        if ip in ("0.0.0.0", "::") and self._sockname is None:
+            peer = self.conn.remote_address
+            family = _socket.AF_INET6 if ":" in ip else _socket.AF_INET
+            try:
+                with _socket.socket(family, _socket.SOCK_DGRAM) as probe:
+                    probe.connect(peer if peer is not None else ("127.0.0.1", 9))
+                    ip = probe.getsockname()[0]
+            except OSError:
+                pass
+            self._sockname = (ip, port)
+        return self._sockname or (ip, port)
 
     def getpeername(self) -> tuple[str, int]:
         addr = self.conn.remote_address
@@ -251,7 +268,10 @@ class UtcpStream(trio.abc.HalfCloseableStream):
         key = (level, option)
         if key == (IPPROTO_TCP, TCP_CONGESTION):
             name = value.decode() if isinstance(value, bytes) else str(value)
-            conn.set_congestion_control(name.strip("\0"))
+            try:
+                conn.set_congestion_control(name.strip("\0"))
+            except ValueError as exc:
+                raise OSError(errno.ENOENT, str(exc)) from None  # as Linux answers
             return
         if not isinstance(value, int):
             raise TypeError("this option takes an integer")
