@@ -45,6 +45,11 @@ class Config:
             RFC 1122 4.2.3.6; off by default, idle default 2 hours.
         congestion_control: name of the congestion controller.
         initial_window: initial congestion window in segments (RFC 6928).
+        tail_loss_probe: RFC 8985 7 tail loss probes (with SACK): a lost last segment is
+            probed for after about 2 SRTT instead of waiting for the RTO (Linux
+            tcp_early_retrans).
+        pacing: spread each window over the round trip (rate 2x cwnd/SRTT in slow start,
+            1.25x after) instead of sending it in one burst.
         challenge_ack_limit: challenge ACKs per second per connection (RFC 5961 7).
     """
 
@@ -68,8 +73,10 @@ class Config:
     keepalive_idle: float = 7200.0
     keepalive_interval: float = 75.0
     keepalive_count: int = 9
-    congestion_control: str = "newreno"
+    congestion_control: str = "cubic"
     initial_window: int = 10
+    pacing: bool = True
+    tail_loss_probe: bool = True
     challenge_ack_limit: int = 100
 
     def __post_init__(self) -> None:

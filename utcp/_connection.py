@@ -45,7 +45,8 @@ from ._events import (
     SendSpaceAvailable,
     StateChanged,
 )
-from ._recovery import DUP_THRESH, Scoreboard, SentSegment
+from ._rack import Rack, probe_timeout
+from ._recovery import DUP_THRESH, Prr, Scoreboard, SentSegment
 from ._rtt import RttEstimator
 from ._seq import MASK, seq_diff
 from ._state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, State
@@ -62,6 +63,8 @@ SYNACK_RETRIES = 5
 RTO_AFTER_SYN_LOSS = 3.0
 # RFC 9293 3.8.6.2.1: Fs, the fraction of the peer's largest window worth sending alone.
 SWS_FRACTION = 0.5
+# Pacing: segments that may leave back to back before the pacing clock holds the next.
+PACING_BURST = 2
 # RFC 7323 5.5: TS.Recent is invalid after 24 days of idleness.
 PAWS_IDLE_LIMIT = 24 * 24 * 3600.0
 # RFC 7323 4.1 / 5.4: timestamp clock of 1 ms per tick.
@@ -134,6 +137,20 @@ class Connection:
         self.scoreboard = Scoreboard()
         self._dupacks = 0
         self._recovery_point: int | None = None  # RFC 6675 "RecoveryPoint"
+        self.rack = Rack()
+        self._rack_deadline: float | None = None  # RFC 8985 6.3 reordering timer
+        self._tlp_deadline: float | None = None  # RFC 8985 7.2 probe timeout
+        self._tlp_due = False
+        self._tlp_end: int | None = None  # RFC 8985 7.3 TLP.end_seq, while a probe is out
+        self._tlp_retrans = False
+        self._prr: Prr | None = None
+        self._undo: object | None = None  # controller state before the last reduction
+        self._undo_retrans = 0  # retransmissions since then not yet proven spurious
+        self._eifel_tsval: int | None = None  # RFC 3522: TSval of the RTO retransmission
+        self._pace_next = 0.0  # earliest time the next paced segment may leave
+        self._pace_blocked = False  # output is waiting for the pacing clock...
+        self._pace_wake = 0.0  # ...until then
+        self._app_limited = False
         self._syn_due = False
         self._syn_retries = 0
 
@@ -147,6 +164,7 @@ class Connection:
         self._delack_deadline: float | None = None
         self._unacked_full_segments = 0
         self._last_ack_sent = 0  # offset we last acknowledged (RFC 7323 Last.ACK.sent)
+        self._dsack: tuple[int, int] | None = None  # RFC 2883: a duplicate to report
 
         # -- options (RFC 9293 3.7.1, RFC 7323, RFC 2018) --
         self._ipv6 = ipv6
@@ -166,7 +184,10 @@ class Connection:
             initial_rto=config.initial_rto, min_rto=config.min_rto, max_rto=config.max_rto
         )
         self.cc = _congestion.create(
-            config.congestion_control, mss=self.local_mss, initial_window=config.initial_window
+            config.congestion_control,
+            mss=self.local_mss,
+            initial_window=config.initial_window,
+            paced=config.pacing,
         )
         self._rto_deadline: float | None = None
         self._rto_retries = 0
@@ -368,7 +389,9 @@ class Connection:
 
     def set_congestion_control(self, name: str) -> None:
         """TCP_CONGESTION: switch algorithm, carrying the current cwnd and ssthresh over."""
-        cc = _congestion.create(name, mss=self.effective_mss, initial_window=1)
+        cc = _congestion.create(
+            name, mss=self.effective_mss, initial_window=1, paced=self.config.pacing
+        )
         cc.cwnd, cc.ssthresh = self.cc.cwnd, self.cc.ssthresh
         self.cc = cc
 
@@ -585,6 +608,8 @@ class Connection:
         self._drop("outside receive window")
         if seg.flags & RST:
             return False
+        if seg.payload and seg_off < rcv_nxt:
+            self._note_duplicate(seg_off, seg_off + len(seg.payload), rcv_nxt)
         if self.state is State.TIME_WAIT and seg.flags & FIN:
             # RFC 9293 3.10.7.4: a retransmitted FIN in TIME-WAIT is acknowledged and the
             # 2 MSL timeout restarted.
@@ -667,8 +692,10 @@ class Connection:
         sb = self.scoreboard
         newly_sacked = 0
         if self.sack_ok and seg.sack_blocks:
-            newly_sacked = self._apply_sack_blocks(seg.sack_blocks)
+            newly_sacked = self._apply_sack_blocks(seg.sack_blocks, now)
+        delivered = newly_sacked
         if ack_off > old_una:
+            delivered += ack_off - old_una
             self._on_new_ack(seg, ack_off, now)
         elif (
             ack_off == old_una
@@ -679,28 +706,83 @@ class Connection:
             # RFC 5681 2: a duplicate ACK.
             self._dupacks += 1
             self.stats.dupacks_received += 1
+            if not self.sack_ok:
+                delivered += self.effective_mss  # RFC 6937 3: DeliveredData without SACK
         window_before = self.snd_wnd
         self._update_window(seg)
         if self.snd_wnd > window_before or newly_sacked:
             self._persist_backoff = 0
         if self.sack_ok:
-            lost = sb.detect_losses_by_sack()
-            if lost:
-                self.stats.lost_segments += 1
+            self._rack_detect(now)
         loss_seen = sb.lost_bytes or (not self.sack_ok and self._dupacks >= DUP_THRESH)
         if loss_seen and not self.in_recovery and self._snd_nxt > self._snd_una:
             self._enter_recovery(now)
+        if self._prr is not None and self.in_recovery and delivered:
+            self._prr.on_ack(
+                delivered, pipe=sb.pipe, ssthresh=self.cc.ssthresh, mss=self.effective_mss
+            )
 
-    def _apply_sack_blocks(self, blocks: tuple[tuple[int, int], ...]) -> int:
+    def _apply_sack_blocks(self, blocks: tuple[tuple[int, int], ...], now: float) -> int:
         newly = 0
-        for left, right in blocks:
+        sb = self.scoreboard
+        for i, (left, right) in enumerate(blocks):
             lo, hi = self._ack_offset(left), self._ack_offset(right)
+            if (
+                i == 0
+                and lo < hi
+                and (hi <= self._snd_una or (len(blocks) > 1 and self._within(lo, hi, blocks[1])))
+            ):
+                self._on_dsack(lo, hi, now)  # RFC 2883 4: the first block reports a duplicate
+                continue
             # RFC 2018 / RFC 6675: ignore blocks outside (SND.UNA, SND.NXT].
             if not (self._snd_una <= lo < hi <= self._snd_nxt):
                 continue
-            newly += self.scoreboard.apply_sack(lo, hi)
+            newly += sb.apply_sack(lo, hi)
+        for seg in sb.newly_sacked:
+            self.rack.on_delivered(seg, now, self._snd_nxt)
+        sb.newly_sacked.clear()
         self.stats.sacked_bytes += newly
         return newly
+
+    def _within(self, lo: int, hi: int, block: tuple[int, int]) -> bool:
+        return self._ack_offset(block[0]) <= lo and hi <= self._ack_offset(block[1])
+
+    def _on_dsack(self, lo: int, hi: int, now: float) -> None:
+        """RFC 2883 / RFC 3708: a segment arrived twice; if it was our retransmission, the
+        retransmission was spurious. When every retransmission of the last congestion
+        response proves spurious, the response is undone (RFC 3708 5 / RFC 4015 idea)."""
+        self.stats.dsacks_received += 1
+        self.rack.on_dsack(self._snd_una, self._snd_nxt)  # RFC 8985 6.2 step 4
+        if self._undo is not None and self._undo_retrans > 0:
+            self._undo_retrans -= 1
+            self.stats.spurious_retransmits += 1
+            if self._undo_retrans == 0:
+                self._undo_congestion_response(now)
+        if self._tlp_end is not None and self._tlp_retrans and hi <= self._tlp_end:
+            self._tlp_retrans = False  # RFC 8985 7.4.2: the probe was a duplicate
+
+    def _undo_congestion_response(self, now: float) -> None:
+        assert self._undo is not None
+        self.cc.undo(self._undo)
+        self._undo = None
+        self.stats.undos += 1
+        if self._recovery_point is not None:
+            self._recovery_point = None
+            self._prr = None
+            self.rack.on_recovery_exit()
+
+    def _rack_detect(self, now: float) -> None:
+        """RFC 8985 6.2 step 5 / 6.3: mark losses, arm the reordering timer for the rest."""
+        sb = self.scoreboard
+        lost_before = sb.lost_bytes
+        reo = self.rack.reo_wnd(
+            in_recovery=self.in_recovery,
+            sacked_segments=sb.sacked_segments,
+            srtt=self.rtt.srtt or 0.0,
+        )
+        self._rack_deadline = self.rack.detect_losses(sb, now, reo)
+        if sb.lost_bytes > lost_before:
+            self.stats.lost_segments += 1
 
     def _on_new_ack(self, seg: Segment, ack_off: int, now: float) -> None:
         sb = self.scoreboard
@@ -712,6 +794,9 @@ class Connection:
         self._dupacks = 0
         self._rto_retries = 0
         self._persist_backoff = 0
+        self._tlp_deadline = None  # RFC 8985 7.2: re-armed from this ACK
+        if self._eifel_tsval is not None:
+            self._eifel_check(seg, now)
         # RTT: from the newest segment acked that was sent once (Karn, RFC 6298 (3)), else
         # from the echoed timestamp (RFC 7323 4.1: only on ACKs that advance SND.UNA).
         rtt: float | None = None
@@ -723,24 +808,46 @@ class Connection:
         if rtt is not None:
             self.rtt.on_sample(rtt)
         if acked_segments:
+            for s in acked_segments:
+                if not s.sacked:
+                    self.rack.on_delivered(s, now, self._snd_nxt)
             # Delivery rate sample: bytes delivered since the newest acked segment was sent,
             # over the time since (the sampling idea of draft-cheng-iccrg-delivery-rate).
             last = acked_segments[-1]
             elapsed = now - last.xmit_time
             if elapsed > 0:
                 self.delivery_rate = (self.stats.bytes_acked - last.delivered) / elapsed
+        if self._tlp_end is not None and ack_off >= self._tlp_end:
+            # RFC 8985 7.4.2: the probe's episode is over. A retransmitted probe that was not
+            # reported as a duplicate repaired a real loss: respond to it as congestion.
+            if self._tlp_retrans and not self.in_recovery:
+                self.cc.on_loss(now=now, in_flight=sb.pipe + acked)
+                self.cc.on_recovery_end(now=now)
+                self.stats.tlp_recoveries += 1
+            self._tlp_end = None
+            self._tlp_retrans = False
         if self.in_recovery and self._recovery_point is not None:
             if ack_off >= self._recovery_point:
                 # RFC 6582 3.2 (3) / RFC 6675 5: a full ACK ends recovery.
                 self._recovery_point = None
+                self._prr = None
                 self.cc.on_recovery_end(now=now)
+                self.rack.on_recovery_exit()
             elif not self.sack_ok:
                 # RFC 6582 3.2 (5): a partial ACK: the next hole is lost too.
                 first = sb.first()
                 if first is not None:
                     sb.mark_lost(first)
         else:
-            self.cc.on_ack(now=now, acked=acked, rtt=rtt, in_flight=sb.pipe + acked)
+            self.cc.on_ack(
+                now=now,
+                acked=acked,
+                rtt=rtt,
+                in_flight=sb.pipe + acked,
+                snd_una=self._snd_una,
+                snd_nxt=self._snd_nxt,
+                app_limited=self._app_limited,
+            )
         # RFC 6298 (5.2)/(5.3): stop the timer when all is acked, else restart it.
         if self._snd_una >= self._snd_nxt:
             self._rto_deadline = None
@@ -751,8 +858,24 @@ class Connection:
         if released:
             self._events.append(SendSpaceAvailable())
 
+    def _eifel_check(self, seg: Segment, now: float) -> None:
+        """RFC 3522 2 (Eifel detection): the first ACK of new data after a timeout that echoes
+        a timestamp older than the retransmission's was caused by the original: the timeout
+        was spurious. RFC 4015 (Eifel response): restore the congestion state and go on with
+        new data instead of resending everything."""
+        tsval = self._eifel_tsval
+        self._eifel_tsval = None
+        if tsval is None or not self.ts_ok or seg.timestamps is None:
+            return
+        if seq_diff(seg.timestamps[1], tsval) < 0 and self._undo is not None:
+            self.stats.spurious_rtos += 1
+            self._undo_retrans = 0
+            self._undo_congestion_response(now)
+            self.scoreboard.unmark_lost()
+            self.rack.reset_cursor()
+
     def _enter_recovery(self, now: float) -> None:
-        """RFC 6675 5 / RFC 6582 3.2: fast retransmit and fast recovery."""
+        """RFC 6675 5 / RFC 6582 3.2: fast retransmit and fast recovery, with PRR."""
         sb = self.scoreboard
         if not self.sack_ok:
             first = sb.first()
@@ -760,7 +883,12 @@ class Connection:
                 sb.mark_lost(first)
         self._recovery_point = self._snd_nxt
         self.stats.fast_retransmits += 1
-        self.cc.on_congestion(now=now, in_flight=sb.pipe + sb.lost_bytes)
+        in_flight = sb.pipe + sb.lost_bytes
+        self._undo = self.cc.snapshot()
+        self._undo_retrans = 0
+        self.cc.on_loss(now=now, in_flight=in_flight)
+        self._prr = Prr(in_flight)  # RFC 6937 3: RecoverFS = pipe before the reduction
+        self._tlp_deadline = None
 
     def _update_window(self, seg: Segment, force: bool = False) -> None:
         """RFC 9293 3.10.7.4 fifth: update SND.WND if the segment is newer (SND.WL1/WL2)."""
@@ -807,10 +935,16 @@ class Connection:
             self._ack_now = True
             if seg_off < before:
                 self.stats.dup_segments_received += 1
+                self._note_duplicate(seg_off, seg_off + len(payload), before)
             elif seg_off > before:
                 self.stats.ooo_segments_received += 1
         else:
             self._schedule_delayed_ack(now, full)
+
+    def _note_duplicate(self, start: int, end: int, rcv_nxt: int) -> None:
+        # RFC 2883 4.1.1: report duplicate data below RCV.NXT in the first SACK block.
+        if self.sack_ok and start < rcv_nxt:
+            self._dsack = (start, min(end, rcv_nxt))
 
     def _schedule_delayed_ack(self, now: float, full: bool) -> None:
         # RFC 1122 4.2.3.2 / RFC 9293 3.8.6.3: ACK at least every second full-sized segment,
@@ -870,6 +1004,9 @@ class Connection:
         best: float | None = None
         for t in (
             self._rto_deadline,
+            self._rack_deadline,
+            self._tlp_deadline,
+            self._pace_deadline(),
             self._delack_deadline,
             self._persist_deadline,
             self._keepalive_deadline,
@@ -908,10 +1045,25 @@ class Connection:
         if self._delack_deadline is not None and now >= self._delack_deadline:
             self._delack_deadline = None
             self._ack_now = True
+        if self._tlp_deadline is not None and now >= self._tlp_deadline:
+            # RFC 8985 7.3: the probe timeout: send a probe, and the RTO starts over.
+            self._tlp_deadline = None
+            self._tlp_due = True
+            self._rto_deadline = now + self.rtt.current_rto()
         if self._rto_deadline is not None and now >= self._rto_deadline:
             self._on_rto(now)
             if self.closed:
                 return
+        if self._rack_deadline is not None and now >= self._rack_deadline:
+            # RFC 8985 6.3: the reordering timer: look for losses again.
+            self._rack_deadline = None
+            self._rack_detect(now)
+            if self.scoreboard.lost_bytes and not self.in_recovery:
+                self._enter_recovery(now)
+                if self._prr is not None:
+                    self._prr.quota = self.effective_mss
+        if self._pace_blocked and now >= self._pace_wake:
+            self._pace_blocked = False  # output runs next and may send again
         if self._persist_deadline is not None and now >= self._persist_deadline:
             self._on_persist(now)
         if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
@@ -934,9 +1086,18 @@ class Connection:
             self._terminate(now, ConnectionTimedOut("retransmission limit"), rst=True)
             return
         sb = self.scoreboard
+        if self._rto_retries == 1:
+            self._undo = self.cc.snapshot()
+            self._undo_retrans = 0
+            if self.ts_ok:
+                self._eifel_tsval = self._ts_now(now)  # RFC 3522: the retransmission's TSval
         self.cc.on_rto(now=now, in_flight=sb.pipe + sb.lost_bytes)
         sb.mark_all_lost()
+        self.rack.reset_cursor()
         self._recovery_point = None
+        self._prr = None
+        self._tlp_deadline = None
+        self._tlp_end = None
         self._dupacks = 0
         self.rtt.back_off()
         self._rto_deadline = now + self.rtt.current_rto()
@@ -1048,28 +1209,127 @@ class Connection:
             timestamps=ts,
         )
 
+    def _send_budget(self) -> int:
+        """Bytes the congestion state lets us put in flight now."""
+        if self._prr is not None and self.in_recovery:
+            return self._prr.quota  # RFC 6937
+        room = self.cc.cwnd - self.scoreboard.pipe
+        if 0 < self._dupacks < DUP_THRESH:
+            # RFC 3042 2: limited transmit: one new segment on each of the first two dupACKs.
+            room += self._dupacks * self.effective_mss
+        return room
+
+    def _pace_deadline(self) -> float | None:
+        return self._pace_wake if self._pace_blocked else None
+
+    def _pacing_rate(self) -> float | None:
+        """Pacing: spread a window over the RTT at rate cwnd/SRTT (x2 in slow start, x1.25
+        after, as Linux does). None while pacing is off or there is no RTT estimate."""
+        srtt = self.rtt.srtt
+        if not self.config.pacing or srtt is None or srtt <= 0:
+            return None
+        gain = 2.0 if self.cc.in_slow_start() else 1.25
+        return gain * max(self.cc.cwnd, self.effective_mss) / srtt
+
+    def _paced_out(self, now: float, n: int) -> None:
+        rate = self._pacing_rate()
+        if rate is not None:
+            self._pace_next = max(self._pace_next, now) + n / rate
+
+    def _pacing_allows(self, now: float) -> bool:
+        """The pacing clock may run PACING_BURST segments ahead of now (a small burst)."""
+        rate = self._pacing_rate()
+        if rate is None:
+            return True
+        wake = self._pace_next - PACING_BURST * self.effective_mss / rate
+        if now >= wake:
+            return True
+        self._pace_blocked = True
+        self._pace_wake = wake
+        return False
+
+    def _sent_bytes(self, n: int, now: float) -> None:
+        if self._prr is not None and self.in_recovery:
+            self._prr.on_sent(n)
+        self._paced_out(now, n)
+
     def _output_data(self, out: list[Segment], now: float) -> None:
         force = self._force_send
         self._force_send = False
+        self._pace_blocked = False
         # 1. retransmissions of segments deemed lost (RFC 6675 5 (NextSeg rule 1) / RFC 6298).
         sb = self.scoreboard
         while True:
             seg = sb.next_lost()
-            if seg is None or (
-                sb.pipe + (seg.end - seg.start) > max(self.cc.cwnd, self.effective_mss)
-                and sb.pipe > 0
-            ):
+            if seg is None or (self._send_budget() <= 0 and sb.pipe > 0):
                 break
-            out.append(self._data_segment(seg.start, seg.end, seg.fin, now))
-            sb.on_retransmit(seg, now)
-            self.stats.retransmits += 1
-            self.stats.bytes_retransmitted += seg.end - seg.start
-            if self._rto_deadline is None:
-                self._rto_deadline = now + self.rtt.current_rto()
+            if not self._pacing_allows(now) and sb.pipe > 0:
+                break
+            self._retransmit(seg, out, now)
         # 2. new data within the peer's window and the congestion window.
+        sent_before = len(out)
         self._output_new_data(out, now, force)
+        # 3. RFC 8985 7.3: a due tail loss probe: new data if the window allows, else the
+        # highest segment sent again.
+        if self._tlp_due:
+            self._tlp_due = False
+            if len(out) == sent_before and self.state in SYNCHRONIZED:
+                self._output_new_data(out, now, True, probe=True)
+                last = sb.last()
+                if len(out) == sent_before and last is not None:
+                    self._retransmit(last, out, now)
+                    self._tlp_retrans = True
+                if len(out) > sent_before:
+                    self.stats.tlp_probes += 1
+                    self._tlp_end = self._snd_nxt
+        self._arm_tlp(now)
+        # RFC 7661 / RFC 5681 4.1 spirit: the window is validated only while it is the limit.
+        # Stopping with a segment's worth of cwnd unused (for want of data or of peer
+        # window, not for the pacing clock) is "application-limited": cwnd must not grow.
+        # In recovery PRR, a part of congestion control, is the limit.
+        self._app_limited = (
+            not self.in_recovery
+            and not self._pace_blocked
+            and self.cc.cwnd - sb.pipe >= self.effective_mss
+        )
 
-    def _output_new_data(self, out: list[Segment], now: float, force: bool) -> None:
+    def _retransmit(self, seg: SentSegment, out: list[Segment], now: float) -> None:
+        out.append(self._data_segment(seg.start, seg.end, seg.fin, now))
+        self.scoreboard.on_retransmit(seg, now)
+        n = seg.end - seg.start
+        self.stats.retransmits += 1
+        self.stats.bytes_retransmitted += n
+        if self._undo is not None:
+            self._undo_retrans += 1
+        self._sent_bytes(n, now)
+        if self._rto_deadline is None:
+            self._rto_deadline = now + self.rtt.current_rto()
+
+    def _arm_tlp(self, now: float) -> None:
+        """RFC 8985 7.2: arm the PTO with SACK, data in flight, no recovery, no probe out."""
+        sb = self.scoreboard
+        if not (
+            self.sack_ok
+            and self.config.tail_loss_probe
+            and self.state in SYNCHRONIZED
+            and sb.pipe > 0
+            and not self.in_recovery
+            and self._tlp_end is None
+            and self._rto_retries == 0
+        ):
+            self._tlp_deadline = None
+            return
+        if self._tlp_deadline is not None:
+            return
+        one = len(sb) == 1
+        deadline = now + probe_timeout(self.rtt.srtt, one, self.rtt.current_rto())
+        if self._rto_deadline is not None:
+            deadline = min(deadline, self._rto_deadline)  # RFC 8985 7.2: no later than RTO
+        self._tlp_deadline = deadline
+
+    def _output_new_data(
+        self, out: list[Segment], now: float, force: bool, probe: bool = False
+    ) -> None:
         sb = self.scoreboard
         mss = self.effective_mss
         if self.state not in (
@@ -1088,11 +1348,13 @@ class Connection:
             fin_to_send = self._fin_pending() and nxt == data_end
             if queued <= 0 and not fin_to_send:
                 return
-            cwnd_room = max(self.cc.cwnd - sb.pipe, 0)
+            cwnd_room = mss if probe else max(self._send_budget(), 0)
+            if not probe and not self._pacing_allows(now) and sb.pipe > 0:
+                cwnd_room = 0
             usable = min(wnd_edge - nxt, cwnd_room)
             n = max(0, min(queued, usable, mss))
             if queued > 0 and not self._should_send(n, queued, nxt, force):
-                if force and not n:
+                if force and not n and not probe:
                     # RFC 9293 3.8.6.1: zero window probe <SEQ=SND.UNA-1> draws an ACK.
                     out.append(self._segment(ACK, (self.snd_una - 1) & MASK, b"", now))
                 return
@@ -1113,6 +1375,10 @@ class Connection:
             sent.delivered = self.stats.bytes_acked
             sb.add(sent)
             self.stats.bytes_sent += n
+            self._sent_bytes(end - nxt, now)
+            self.cc.on_sent(now=now, sent=end - nxt, in_flight=sb.pipe, snd_nxt=end)
+            if probe:
+                return
             if self._rto_deadline is None:
                 self._rto_deadline = now + self.rtt.current_rto()
             if self._unacked_since is None:
@@ -1147,17 +1413,20 @@ class Connection:
         """A segment with ACK, window, timestamps and SACK blocks filled in."""
         ts = (self._ts_now(now), self.ts_recent) if self.ts_ok else None
         sack: tuple[tuple[int, int], ...] = ()
-        if self.sack_ok and self.rcvbuf.has_gap:
+        if self.sack_ok and (self.rcvbuf.has_gap or self._dsack):
             room = 40 - (12 if ts else 0)
             max_blocks = min(4, (room - 4) // 8)
             if payload:
                 spare = min(self.local_mss, self.peer_mss) - len(payload) - (12 if ts else 0)
                 max_blocks = min(max_blocks, max(0, (spare - 4) // 8))
             base = self.irs
-            sack = tuple(
-                ((base + s) & MASK, (base + e) & MASK)
-                for s, e in self.rcvbuf.sack_blocks(max_blocks)
-            )
+            blocks = self.rcvbuf.sack_blocks(max_blocks)
+            if self._dsack is not None and max_blocks > 0:
+                # RFC 2883 4: the D-SACK block goes first, once.
+                blocks = [self._dsack, *blocks[: max_blocks - 1]]
+                self._dsack = None
+                self.stats.dsacks_sent += 1
+            sack = tuple(((base + s) & MASK, (base + e) & MASK) for s, e in blocks)
         return Segment(
             self.local_port,
             self.remote_port,
@@ -1238,6 +1507,9 @@ class Connection:
         self._set_state(State.TIME_WAIT)
         self._finwait2_deadline = None
         self._rto_deadline = None
+        self._rack_deadline = None
+        self._tlp_deadline = None
+        self._pace_blocked = False
         self._persist_deadline = None
         self._keepalive_deadline = None
         self._unacked_since = None
@@ -1255,6 +1527,8 @@ class Connection:
             self._events.append(ConnectionFailed(error))
         for name in (
             "_rto_deadline",
+            "_rack_deadline",
+            "_tlp_deadline",
             "_delack_deadline",
             "_persist_deadline",
             "_keepalive_deadline",
@@ -1266,6 +1540,7 @@ class Connection:
             setattr(self, name, None)
         self._syn_due = False
         self._ack_now = False
+        self._pace_blocked = False
         self._set_state(State.CLOSED)
         self._events.append(Closed())
 

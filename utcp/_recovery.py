@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Iterator
 
 # RFC 6675 2 / RFC 5681 3.2: DupThresh.
 DUP_THRESH = 3
@@ -19,6 +20,7 @@ class SentSegment:
     """One transmitted segment: offsets [start, end); ``fin`` if its last offset is our FIN."""
 
     __slots__ = (
+        "acked",
         "delivered",
         "end",
         "fin",
@@ -40,6 +42,7 @@ class SentSegment:
         self.sacked = False
         self.lost = False
         self.delivered = 0  # bytes the connection had delivered when this was sent
+        self.acked = False  # cumulatively acknowledged (gone from the scoreboard)
 
 
 class Scoreboard:
@@ -56,9 +59,13 @@ class Scoreboard:
         self.sacked_bytes = 0
         self.lost_bytes = 0
         self.reordered = 0  # segments deemed lost that arrived without a retransmission
+        self.sacked_segments = 0
         self._lost_queue: deque[SentSegment] = deque()
+        # Retransmissions in the order they were sent (RACK walks them by send time).
+        self.retransmitted: deque[tuple[SentSegment, float]] = deque()
         self._top_sacked: list[int] = []  # starts of the DUP_THRESH highest SACKed segments
         self._loss_scan = 0
+        self.newly_sacked: list[SentSegment] = []  # filled by apply_sack, drained by RACK
 
     def __len__(self) -> int:
         return len(self._segs) - self._head
@@ -112,6 +119,9 @@ class Scoreboard:
             self.pipe -= n
         if n == seg.end - seg.start:
             seg.lost = False  # wholly acknowledged: never to be retransmitted
+            seg.acked = True
+            if seg.sacked:
+                self.sacked_segments -= 1
 
     def apply_sack(self, start: int, end: int) -> int:
         """Mark segments wholly inside [start, end) SACKed; return bytes newly SACKed."""
@@ -132,8 +142,10 @@ class Scoreboard:
             else:
                 self.pipe -= n
             seg.sacked = True
+            self.sacked_segments += 1
             self.sacked_bytes += n
             newly += n
+            self.newly_sacked.append(seg)
             self._note_top_sacked(seg.start)
         return newly
 
@@ -206,6 +218,54 @@ class Scoreboard:
             self.pipe += n
         seg.retransmits += 1
         seg.xmit_time = now
+        self.retransmitted.append((seg, now))
+
+    def unmark_lost(self) -> None:
+        """A spurious timeout (RFC 4015 2): segments marked lost and not yet sent again
+        count as in flight once more, so the sender goes on with new data."""
+        for seg in self._lost_queue:
+            if seg.lost:
+                n = seg.end - seg.start
+                seg.lost = False
+                self.lost_bytes -= n
+                self.pipe += n
+        self._lost_queue.clear()
+
+    def segments_from(self, offset: int) -> Iterator[SentSegment]:
+        """Segments in offset order, starting with the first whose start is >= offset."""
+        segs = self._segs
+        for i in range(self._index(offset), len(segs)):
+            yield segs[i]
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
+
+
+class Prr:
+    """Proportional rate reduction (RFC 6937 3): how much may be sent during recovery."""
+
+    __slots__ = ("delivered", "out", "quota", "recover_fs")
+
+    def __init__(self, recover_fs: int) -> None:
+        self.recover_fs = max(recover_fs, 1)  # RFC 6937 3: RecoverFS = pipe at the start
+        self.delivered = 0  # prr_delivered
+        self.out = 0  # prr_out
+        self.quota = 0  # sndcnt left for this ACK
+
+    def on_ack(self, delivered: int, *, pipe: int, ssthresh: int, mss: int) -> None:
+        """RFC 6937 3, "On every ACK during recovery"."""
+        self.delivered += delivered
+        if pipe > ssthresh:
+            # Proportional part: sndcnt = CEIL(prr_delivered * ssthresh / RecoverFS) - prr_out.
+            sndcnt = -(-self.delivered * ssthresh // self.recover_fs) - self.out
+        else:
+            # PRR-SSRB: limit = MAX(prr_delivered - prr_out, DeliveredData) + MSS.
+            limit = max(self.delivered - self.out, delivered) + mss
+            sndcnt = min(ssthresh - pipe, limit)
+        if self.out == 0 and sndcnt <= 0:
+            sndcnt = mss  # RFC 6937 3 note: the fast retransmit itself always goes out
+        self.quota = max(sndcnt, 0)
+
+    def on_sent(self, n: int) -> None:
+        self.out += n
+        self.quota -= n

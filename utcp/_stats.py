@@ -24,6 +24,13 @@ class ConnectionStats:
     window_probes: int = 0
     zero_windows_advertised: int = 0
     keepalive_probes: int = 0
+    tlp_probes: int = 0  # RFC 8985 7 tail loss probes sent
+    tlp_recoveries: int = 0  # probes that repaired a loss (answered by a window reduction)
+    dsacks_sent: int = 0
+    dsacks_received: int = 0
+    spurious_retransmits: int = 0  # retransmissions a D-SACK proved unnecessary
+    spurious_rtos: int = 0  # timeouts found spurious (RFC 3522 Eifel detection)
+    undos: int = 0  # congestion responses undone as spurious
     challenge_acks_sent: int = 0
     resets_sent: int = 0
     checksum_drops: int = 0

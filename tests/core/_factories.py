@@ -38,7 +38,16 @@ LOCAL_ISS = 2**32 - 50  # ours: data offset 50 is sequence number 0
 REMOTE_ISS = 2**32 - 100  # the peer's (our IRS)
 
 # Our side: a 256 KiB receive buffer needs window scale 3 (65535 << 2 < 2**18).
-CONFIG = Config(receive_buffer_size=1 << 18, delayed_ack=0.125, msl=2.0, fin_wait_2_timeout=8.0)
+# Pacing and tail loss probes off: these tables pin down every segment and timer RFC 9293
+# and RFC 6298 prescribe; pacing and RACK-TLP have their own tests (test_recovery.py).
+CONFIG = Config(
+    receive_buffer_size=1 << 18,
+    delayed_ack=0.125,
+    msl=2.0,
+    fin_wait_2_timeout=8.0,
+    pacing=False,
+    tail_loss_probe=False,
+)
 LOCAL_MSS = 1452  # WIRE.md, IPv4
 LOCAL_WSCALE = 3
 LOCAL_WINDOW = (1 << 18) >> LOCAL_WSCALE  # the window field of an empty receive buffer
@@ -47,7 +56,13 @@ LOCAL_WINDOW = (1 << 18) >> LOCAL_WSCALE  # the window field of an empty receive
 PEER_MSS = 1400
 PEER_WSCALE = 7
 PEER_WINDOW = 65535  # the window field; 65535 << 7 bytes
-PEER_CONFIG = Config(mss=PEER_MSS, receive_buffer_size=65535 << PEER_WSCALE, timestamps=False)
+PEER_CONFIG = Config(
+    mss=PEER_MSS,
+    receive_buffer_size=65535 << PEER_WSCALE,
+    timestamps=False,
+    pacing=False,
+    tail_loss_probe=False,
+)
 PEER_TS = 7_000_000  # the peer's timestamp clock at T_SYN in the timestamp variants
 
 T_SYN = 0.0

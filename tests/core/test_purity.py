@@ -23,6 +23,11 @@ CORE = [
     "_congestion/__init__.py",
     "_congestion/base.py",
     "_congestion/newreno.py",
+    "_congestion/cubic.py",
+    "_congestion/cwv.py",
+    "_congestion/hystart.py",
+    "_congestion/ledbat.py",
+    "_rack.py",
 ]
 FORBIDDEN = {
     "trio",

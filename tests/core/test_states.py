@@ -8,6 +8,7 @@ the peer's, both starting just below 2**32, so every test crosses the wrap.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -712,8 +713,12 @@ class TestEstablishedReceive:
         stream = bytes(i % 251 for i in range(1000))
         conn.receive_segment(peer(ACK, 1, 1, stream[:400]), 1.0)
         conn.receive_segment(peer(ACK, 1, 1, stream[:400]), 1.01)  # duplicate
-        # RFC 9293 3.10.7.4 first: not acceptable: ACK it and drop.
-        assert conn.segments_to_send(1.01) == [ours(ACK, 1, 401, window=window_after(400))]
+        # RFC 9293 3.10.7.4 first: not acceptable: ACK it and drop. SACK was negotiated, so
+        # the ACK reports the duplicate in a D-SACK block (RFC 2883 4.1.1).
+        dsack = ((R(1), R(401)),)
+        assert conn.segments_to_send(1.01) == [
+            ours(ACK, 1, 401, window=window_after(400), sack_blocks=dsack)
+        ]
         conn.receive_segment(peer(ACK, 201, 1, stream[200:600]), 1.02)  # half old
         conn.receive_segment(peer(ACK, 401, 1, stream[400:500]), 1.03)  # all old now
         conn.receive_segment(peer(ACK, 801, 1, stream[800:1000]), 1.04)  # out of order
@@ -728,7 +733,9 @@ class TestEstablishedReceive:
     def test_segment_outside_window_acked_and_dropped(self, seq: int) -> None:
         conn = established()
         conn.receive_segment(peer(ACK | PSH, seq, 1, b"x" * 8), 1.0)
-        assert conn.segments_to_send(1.0) == [ours(ACK, 1, 1)]
+        # Old data is a duplicate: reported in a D-SACK block (RFC 2883 4.1.1).
+        dsack = ((R(seq), R(seq + 8)),) if seq < 1 else ()
+        assert conn.segments_to_send(1.0) == [ours(ACK, 1, 1, sack_blocks=dsack)]
         assert conn.readable == 0 and conn.rcvbuf.ooo_bytes == 0
         assert conn.state is State.ESTABLISHED
         assert drain(conn) == []
@@ -857,7 +864,8 @@ class TestEstablishedReceive:
         conn.receive_segment(peer(ACK, small + 1, 1, stream[small:]), 1.2)
         assert len(conn.rcvbuf.ready) == small and conn.rcvbuf.ooo_bytes == 0
         out = conn.segments_to_send(1.2)
-        assert out[-1] == ours(ACK, 1, 1 + small, window=0)
+        # (Its D-SACK block reports the duplicated bytes, RFC 2883 4.1.1.)
+        assert dataclasses.replace(out[-1], sack_blocks=()) == ours(ACK, 1, 1 + small, window=0)
         assert conn.receive(1 << 20) == stream[:small]
 
     def test_data_into_zero_window_acked_at_once(self) -> None:
