@@ -41,9 +41,13 @@ class RttEstimator:
             # RFC 6298 (2.3): RTTVAR before SRTT, with the old SRTT.
             self.rttvar = (1 - BETA) * self.rttvar + BETA * abs(self.srtt - rtt)
             self.srtt = (1 - ALPHA) * self.srtt + ALPHA * rtt
-        # RFC 6298 (2.3), (2.4) lower bound (configurable), (2.5) upper bound.
-        rto = self.srtt + max(CLOCK_GRANULARITY, K * self.rttvar)
-        self.rto = min(max(rto, self.min_rto), self.max_rto)
+        # RFC 6298 (2.3), (2.4) lower bound (configurable), (2.5) upper bound. The lower
+        # bound applies to the variance term, as in Linux (RTO >= SRTT + min_rto): RFC 6298's
+        # 1 s floor is what keeps its RTO clear of ordinary delay variation (delayed ACKs,
+        # queueing); with a 200 ms floor on the whole RTO, a long path whose RTT is steady
+        # would time out spuriously at the first few ms of extra queueing.
+        rto = self.srtt + max(CLOCK_GRANULARITY, K * self.rttvar, self.min_rto)
+        self.rto = min(rto, self.max_rto)
         # RFC 6298 (5.7) note: a fresh sample ends the backoff.
         self.backoff = 0
 
