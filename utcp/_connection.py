@@ -63,8 +63,12 @@ SYNACK_RETRIES = 5
 RTO_AFTER_SYN_LOSS = 3.0
 # RFC 9293 3.8.6.2.1: Fs, the fraction of the peer's largest window worth sending alone.
 SWS_FRACTION = 0.5
-# Pacing: segments that may leave back to back before the pacing clock holds the next.
+# Pacing: the pacing clock may run this far ahead of now, so segments leave in bursts of
+# about 1 ms of the pacing rate (Linux sizes its bursts the same way, sk_pacing_shift 10),
+# and at least PACING_BURST segments: at high rates a timer per segment costs more than the
+# burst it avoids.
 PACING_BURST = 2
+PACING_QUANTUM = 0.001
 # RFC 7323 5.5: TS.Recent is invalid after 24 days of idleness.
 PAWS_IDLE_LIMIT = 24 * 24 * 3600.0
 # RFC 7323 4.1 / 5.4: timestamp clock of 1 ms per tick.
@@ -1237,11 +1241,11 @@ class Connection:
             self._pace_next = max(self._pace_next, now) + n / rate
 
     def _pacing_allows(self, now: float) -> bool:
-        """The pacing clock may run PACING_BURST segments ahead of now (a small burst)."""
+        """The pacing clock may run a burst (PACING_QUANTUM, PACING_BURST) ahead of now."""
         rate = self._pacing_rate()
         if rate is None:
             return True
-        wake = self._pace_next - PACING_BURST * self.effective_mss / rate
+        wake = self._pace_next - max(PACING_BURST * self.effective_mss / rate, PACING_QUANTUM)
         if now >= wake:
             return True
         self._pace_blocked = True
@@ -1286,12 +1290,15 @@ class Connection:
         # RFC 7661 / RFC 5681 4.1 spirit: the window is validated only while it is the limit.
         # Stopping with a segment's worth of cwnd unused (for want of data or of peer
         # window, not for the pacing clock) is "application-limited": cwnd must not grow.
-        # In recovery PRR, a part of congestion control, is the limit.
-        self._app_limited = (
-            not self.in_recovery
-            and not self._pace_blocked
-            and self.cc.cwnd - sb.pipe >= self.effective_mss
+        # Like Linux's tcp_is_cwnd_limited: cwnd is the limit when what is in flight reaches
+        # it (half of it in slow start, which doubles per round). Waiting for the pacing
+        # clock does not make a sender cwnd-limited: else cwnd (and with it the pacing rate)
+        # would grow without bound. In recovery PRR, part of congestion control, is the limit.
+        cwnd, pipe = self.cc.cwnd, sb.pipe
+        cwnd_limited = pipe + self.effective_mss > cwnd or (
+            self.cc.in_slow_start() and 2 * pipe >= cwnd
         )
+        self._app_limited = not self.in_recovery and not cwnd_limited
 
     def _retransmit(self, seg: SentSegment, out: list[Segment], now: float) -> None:
         out.append(self._data_segment(seg.start, seg.end, seg.fin, now))

@@ -1,0 +1,763 @@
+"""Loopback benchmark: utcp vs kernel TCP (both through trio) vs raw trio UDP, on 127.0.0.1.
+
+For each system it measures
+  * bulk: goodput of ``--bulk-mb`` MB (10**6 bytes) sent one way, and
+  * echo: round-trip latency (p50/p99) of ``--echo-count`` 64-byte ping-pongs,
+where the systems are
+  * utcp:   ``utcp.open_tcp_stream`` / ``utcp.serve_tcp`` (TCP in user space over UDP),
+  * kernel: ``trio.open_tcp_stream`` / ``trio.serve_tcp`` (the kernel's TCP),
+  * udp:    ``trio.socket`` UDP: 1400-byte datagrams blasted one way, goodput counted at the
+            receiver (what arrived / first-to-last arrival), and a 64-byte UDP ping-pong.
+            This is the floor any UDP-based protocol written on trio pays.
+
+Every server runs in its own process (``--role server``), started once and killed by PID
+at the end; every measurement runs in a fresh client process (``--role client``), so client
+and server never share an interpreter. Rounds alternate between the systems (utcp, kernel,
+udp, utcp, ...) so drifting machine load hits all of them alike; the summary reports the
+median over rounds. Output: one JSON line per measurement, then one summary JSON line with
+the ratios utcp bulk / udp bulk and utcp echo p50 / kernel echo p50. Progress goes to stderr.
+
+    python bench/bench_loopback.py --quick          # about 10 s: 5 MB, 200 echoes, 1 round
+    python bench/bench_loopback.py                  # 50 MB, 2000 echoes, 3 rounds
+    python bench/bench_loopback.py --systems utcp --profile-dir /tmp/prof   # cProfile dumps
+
+Exit status: 0 if every measurement completed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import dataclasses
+import functools
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import utcp
+
+HOST = "127.0.0.1"  # the benchmark never talks to anything but the loopback interface
+SYSTEMS = ("utcp", "kernel", "udp")
+TESTS = ("bulk", "echo")
+CHUNK = 65536  # application write/read size of the stream systems
+UDP_DATAGRAM = 1400  # bytes per datagram of the raw UDP bulk test (1 type byte + payload)
+ECHO_SIZE = 64
+MB = 10**6
+SOCKET_BUFFER = 4 << 20  # what utcp's UdpTransport asks for; the raw UDP test does too
+SERVER_MAX_LIFETIME = 3600.0  # a server left behind by accident exits on its own
+
+# UDP message types (first byte of each datagram).
+UDP_START, UDP_STARTED, UDP_DATA, UDP_FINISH, UDP_REPORT, UDP_PING = b"SsDFRP"
+
+Json = dict[str, Any]
+
+
+# ================================================================= helpers
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..1) of an already sorted, non-empty list."""
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def parse_config_value(text: str) -> object:
+    """``--utcp-set`` values: true/false, none, ints, floats, else the string itself."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def config_overrides(settings: list[str]) -> dict[str, object]:
+    """``["pacing=false", "mss=1200"]`` -> ``{"pacing": False, "mss": 1200}``, checked
+    against the fields of ``utcp.Config``."""
+    names = {f.name for f in dataclasses.fields(utcp.Config)}
+    changes: dict[str, object] = {}
+    for item in settings:
+        name, sep, value = item.partition("=")
+        if not sep or name not in names:
+            raise ValueError(f"--utcp-set wants FIELD=VALUE with a utcp.Config field: {item!r}")
+        changes[name] = parse_config_value(value)
+    return changes
+
+
+def utcp_config(args: argparse.Namespace) -> utcp.Config:
+    """The utcp config of both ends. By default Nagle is off, matching ``trio.SocketStream``,
+    which sets TCP_NODELAY on every kernel TCP stream; ``--utcp-nagle`` keeps utcp's own
+    default (Nagle on). ``--utcp-set FIELD=VALUE`` overrides any other field."""
+    changes: dict[str, object] = {} if args.utcp_nagle else {"nodelay": True}
+    changes.update(config_overrides(args.utcp_set))
+    return utcp.Config().replace(**changes)
+
+
+@contextlib.contextmanager
+def maybe_profile(path: str | None) -> Iterator[None]:
+    """Run the body under cProfile and dump the stats to ``path`` (if given)."""
+    if not path:
+        yield
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        profiler.dump_stats(path)
+
+
+def emit(record: Json) -> None:
+    print(json.dumps(record), flush=True)
+
+
+# ================================================================= servers
+
+
+async def serve_stream(stream: trio.abc.HalfCloseableStream) -> None:
+    """Per connection: the first byte picks the mode. ``B``: count bytes until EOF, answer
+    with the count (8 bytes) and close. ``E``: echo everything until EOF."""
+    try:
+        async with stream:
+            first = await stream.receive_some(CHUNK)
+            if not first:
+                return
+            mode, rest = first[:1], first[1:]
+            if mode == b"B":
+                total = len(rest)
+                while True:
+                    data = await stream.receive_some(CHUNK)
+                    if not data:
+                        break
+                    total += len(data)
+                await stream.send_all(struct.pack("!Q", total))
+                await stream.send_eof()
+            elif mode == b"E":
+                if rest:
+                    await stream.send_all(rest)
+                while True:
+                    data = await stream.receive_some(CHUNK)
+                    if not data:
+                        break
+                    await stream.send_all(data)
+                await stream.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        print(f"bench server: connection broken: {exc!r}", file=sys.stderr)
+
+
+@dataclass
+class UdpSession:
+    """What the UDP sink counted for one client address."""
+
+    datagrams: int = 0
+    payload_bytes: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+
+async def serve_udp(sock: trio.socket.SocketType) -> None:
+    """The raw UDP side: count ``D`` datagrams between ``S`` and ``F``, echo ``P`` ones."""
+    sessions: dict[Any, UdpSession] = {}
+    while True:
+        data, addr = await sock.recvfrom(65536)
+        if not data:
+            continue
+        kind = data[0]
+        if kind == UDP_DATA:
+            s = sessions.get(addr)
+            if s is None:
+                continue
+            now = time.perf_counter()
+            if not s.datagrams:
+                s.first = now
+            s.last = now
+            s.datagrams += 1
+            s.payload_bytes += len(data) - 1
+        elif kind == UDP_PING:
+            await sock.sendto(data, addr)
+        elif kind == UDP_START:
+            sessions[addr] = UdpSession()
+            await sock.sendto(bytes([UDP_STARTED]), addr)
+        elif kind == UDP_FINISH:
+            s = sessions.get(addr, UdpSession())
+            report = {
+                "datagrams": s.datagrams,
+                "bytes": s.payload_bytes,
+                "seconds": s.last - s.first,
+            }
+            await sock.sendto(bytes([UDP_REPORT]) + json.dumps(report).encode(), addr)
+
+
+async def server_main(args: argparse.Namespace) -> None:
+    """Bind, print ``{"port": N}`` on stdout, serve until SIGTERM/SIGINT, stdin EOF (the
+    parent went away) or ``SERVER_MAX_LIFETIME``."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            if args.system == "udp":
+                sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+                await sock.bind((HOST, args.port))
+                port = sock.getsockname()[1]
+                nursery.start_soon(serve_udp, sock)
+            elif args.system == "kernel":
+                listeners = await nursery.start(
+                    functools.partial(trio.serve_tcp, serve_stream, args.port, host=HOST)
+                )
+                port = listeners[0].socket.getsockname()[1]
+            else:
+                serve = functools.partial(
+                    utcp.serve_tcp, serve_stream, args.port, host=HOST, config=utcp_config(args)
+                )
+                listeners = await nursery.start(serve)
+                port = listeners[0].getsockname()[1]
+            emit({"port": port, "pid": os.getpid()})
+
+            async def watch_stdin() -> None:
+                fd = sys.stdin.fileno()
+                while True:
+                    await trio.lowlevel.wait_readable(fd)
+                    if not os.read(fd, 4096):
+                        nursery.cancel_scope.cancel()
+                        return
+
+            async def watch_signals() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch_stdin)
+            nursery.start_soon(watch_signals)
+            await trio.sleep(SERVER_MAX_LIFETIME)
+            nursery.cancel_scope.cancel()
+
+
+# ================================================================= clients
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = await stream.receive_some(size - len(buf))
+        if not chunk:
+            raise EOFError(f"EOF after {len(buf)} of {size} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def stream_stats(stream: trio.abc.Stream) -> Json | None:
+    """A few of utcp's per-connection counters (None for kernel streams)."""
+    if not isinstance(stream, utcp.UtcpStream):
+        return None
+    st = stream.statistics()
+    return {
+        "srtt_us": None if st.srtt is None else round(st.srtt * 1e6, 1),
+        "cwnd": st.cwnd,
+        "mss": st.mss,
+        "segments_sent": st.segments_sent,
+        "segments_received": st.segments_received,
+        "retransmits": st.retransmits,
+        "fast_retransmits": st.fast_retransmits,
+        "rto_expiries": st.rto_expiries,
+        "lost": st.lost,
+        "bytes_retransmitted": st.bytes_retransmitted,
+    }
+
+
+Connect = Callable[[], Awaitable[trio.abc.HalfCloseableStream]]
+
+
+async def stream_bulk(connect: Connect, nbytes: int) -> Json:
+    """Send ``nbytes`` and wait for the server's byte count: goodput as the client sees it
+    (from the first write until the receiver confirmed the last byte)."""
+    payload = memoryview(bytes(CHUNK))
+    stream = await connect()
+    async with stream:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await stream.send_all(b"B")
+        remaining = nbytes
+        while remaining:
+            n = min(CHUNK, remaining)
+            await stream.send_all(payload[:n])
+            remaining -= n
+        await stream.send_eof()
+        (received,) = struct.unpack("!Q", await receive_exactly(stream, 8))
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        stats = stream_stats(stream)
+    if received != nbytes:
+        raise RuntimeError(f"server counted {received} bytes, sent {nbytes}")
+    return {
+        "bytes": received,
+        "seconds": seconds,
+        "MB_s": received / seconds / MB,
+        "client_cpu_s": cpu,
+        "utcp_stats": stats,
+    }
+
+
+def latency_record(rtts_ns: list[int], warmup: int, lost: int = 0) -> Json:
+    us = sorted(t / 1000 for t in rtts_ns)
+    return {
+        "round_trips": len(us),
+        "warmup": warmup,
+        "lost": lost,
+        "bytes": ECHO_SIZE,
+        "seconds": sum(us) / 1e6,
+        "p50_us": percentile(us, 0.50),
+        "p99_us": percentile(us, 0.99),
+        "min_us": us[0],
+        "max_us": us[-1],
+        "mean_us": statistics.fmean(us),
+    }
+
+
+async def stream_echo(connect: Connect, count: int, warmup: int) -> Json:
+    """``warmup + count`` 64-byte ping-pongs on one connection; the first ``warmup`` are
+    not counted."""
+    stream = await connect()
+    rtts: list[int] = []
+    async with stream:
+        await stream.send_all(b"E")
+        cpu0 = time.process_time()
+        for i in range(warmup + count):
+            msg = i.to_bytes(8, "big") * (ECHO_SIZE // 8)
+            t0 = time.perf_counter_ns()
+            await stream.send_all(msg)
+            echoed = await receive_exactly(stream, ECHO_SIZE)
+            t1 = time.perf_counter_ns()
+            if echoed != msg:
+                raise RuntimeError(f"echo #{i} came back different")
+            if i >= warmup:
+                rtts.append(t1 - t0)
+        cpu = time.process_time() - cpu0
+        stats = stream_stats(stream)
+        await stream.send_eof()
+        await stream.receive_some(1)
+    record = latency_record(rtts, warmup)
+    record.update(client_cpu_s=cpu, utcp_stats=stats)
+    return record
+
+
+async def udp_request(
+    sock: trio.socket.SocketType, addr: tuple[str, int], msg: bytes, reply_kind: int
+) -> bytes:
+    """Send ``msg`` until a reply of ``reply_kind`` comes back (20 tries, 0.25 s apart)."""
+    for _ in range(20):
+        await sock.sendto(msg, addr)
+        with trio.move_on_after(0.25):
+            while True:
+                data = await sock.recv(65536)
+                if data and data[0] == reply_kind:
+                    return data
+    raise TimeoutError(f"no {chr(reply_kind)!r} reply from the UDP server")
+
+
+async def udp_bulk(port: int, nbytes: int) -> Json:
+    """Blast ``nbytes`` of payload in 1400-byte datagrams; the receiver reports what it got
+    and over how long (first to last arrival). Sent as fast as trio lets us: whatever the
+    receiver cannot keep up with is dropped by the kernel and shows as ``loss``."""
+    addr = (HOST, port)
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        await sock.bind((HOST, 0))
+        await udp_request(sock, addr, bytes([UDP_START]), UDP_STARTED)
+        datagram = bytes([UDP_DATA]) + bytes(UDP_DATAGRAM - 1)
+        count = math.ceil(nbytes / (UDP_DATAGRAM - 1))
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(count):
+            await sock.sendto(datagram, addr)
+        send_seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        await trio.sleep(0.05)  # let the receiver drain before asking for its count
+        report = json.loads((await udp_request(sock, addr, bytes([UDP_FINISH]), UDP_REPORT))[1:])
+    received, seconds = report["bytes"], report["seconds"]
+    sent = count * (UDP_DATAGRAM - 1)
+    return {
+        "bytes": received,
+        "seconds": seconds,
+        "MB_s": received / seconds / MB if seconds > 0 else None,
+        "datagram_size": UDP_DATAGRAM,
+        "sent_bytes": sent,
+        "sent_datagrams": count,
+        "received_datagrams": report["datagrams"],
+        "loss": 1 - report["datagrams"] / count,
+        "send_seconds": send_seconds,
+        "send_MB_s": sent / send_seconds / MB,
+        "client_cpu_s": cpu,
+    }
+
+
+async def udp_echo(port: int, count: int, warmup: int) -> Json:
+    """64-byte UDP ping-pong; a ping without answer within 1 s counts as lost."""
+    addr = (HOST, port)
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtts: list[int] = []
+    lost = 0
+    with sock:
+        await sock.bind((HOST, 0))
+        cpu0 = time.process_time()
+        for i in range(warmup + count):
+            msg = bytes([UDP_PING]) + i.to_bytes(8, "big") * 7 + bytes(ECHO_SIZE - 57)
+            t0 = time.perf_counter_ns()
+            await sock.sendto(msg, addr)
+            with trio.move_on_after(1.0) as scope:
+                while await sock.recv(65536) != msg:
+                    pass  # a late answer to an earlier, timed-out ping
+            t1 = time.perf_counter_ns()
+            if scope.cancelled_caught:
+                lost += 1
+            elif i >= warmup:
+                rtts.append(t1 - t0)
+        cpu = time.process_time() - cpu0
+    if not rtts:
+        raise TimeoutError("every UDP ping was lost")
+    record = latency_record(rtts, warmup, lost)
+    record["client_cpu_s"] = cpu
+    return record
+
+
+async def client_main(args: argparse.Namespace) -> Json:
+    config = utcp_config(args)
+
+    async def connect() -> trio.abc.HalfCloseableStream:
+        if args.system == "utcp":
+            return await utcp.open_tcp_stream(HOST, args.port, config=config)
+        return await trio.open_tcp_stream(HOST, args.port)
+
+    warmup = min(100, max(10, args.echo_count // 10))
+    with trio.fail_after(args.timeout):
+        if args.system == "udp":
+            if args.test == "bulk":
+                return await udp_bulk(args.port, args.bulk_bytes)
+            return await udp_echo(args.port, args.echo_count, warmup)
+        if args.test == "bulk":
+            return await stream_bulk(connect, args.bulk_bytes)
+        return await stream_echo(connect, args.echo_count, warmup)
+
+
+def run_client_role(args: argparse.Namespace) -> int:
+    """Run one measurement and print it as one JSON line (``{"error": ...}`` on failure)."""
+    try:
+        with maybe_profile(args.profile):
+            record = trio.run(client_main, args)
+    except trio.TooSlowError:
+        record = {"error": f"timed out after {args.timeout} s"}
+    except Exception as exc:
+        record = {"error": repr(exc)}
+    emit(record)
+    return 1 if "error" in record else 0
+
+
+# ================================================================= orchestrator
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Server:
+    """One ``--role server`` subprocess; ``stop()`` terminates it by PID (then kills it)."""
+
+    def __init__(self, system: str, common: list[str], profile: str | None) -> None:
+        cmd = [sys.executable, __file__, "--role", "server", "--system", system, "--port", "0"]
+        cmd += common
+        if profile:
+            cmd += ["--profile", profile]
+        self.system = system
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        line: list[str] = []
+        stdout = self.proc.stdout
+        assert stdout is not None
+        reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(15.0)
+        if not line or not line[0].strip():
+            self.stop()
+            raise RuntimeError(f"{system} server (pid {self.pid}) did not report its port")
+        self.port = int(json.loads(line[0])["port"])
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10.0)  # a profiled server dumps its stats first
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                proc.wait(timeout=5.0)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def run_client(
+    server: Server, test: str, common: list[str], timeout: float, profile: str | None
+) -> Json:
+    cmd = [sys.executable, __file__, "--role", "client", "--system", server.system]
+    cmd += ["--port", str(server.port), "--test", test, "--timeout", str(timeout), *common]
+    if profile:
+        cmd += ["--profile", profile]
+    server_cpu0 = cpu_seconds(server.pid)
+    try:
+        done = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout + 30
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"client process killed after {timeout + 30} s"}
+    server_cpu1 = cpu_seconds(server.pid)
+    lines = done.stdout.strip().splitlines()
+    try:
+        record: Json = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        record = {"error": f"client exited {done.returncode}: {done.stderr.strip()[-2000:]}"}
+    if server_cpu0 is not None and server_cpu1 is not None:
+        record["server_cpu_s"] = round(server_cpu1 - server_cpu0, 3)
+    return record
+
+
+def git_describe() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "utcp"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return f"{rev}{'+dirty utcp/' if dirty else ''}" if rev else None
+
+
+def conditions(args: argparse.Namespace) -> Json:
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "trio": trio.__version__,
+        "utcp": utcp.__version__,
+        "utcp_tree": git_describe(),
+        "utcp_config": {
+            k: v
+            for k, v in dataclasses.asdict(utcp_config(args)).items()
+            if k in ("nodelay", "congestion_control", "pacing", "mss")
+            or k in config_overrides(args.utcp_set)
+        },
+        "bulk_bytes": args.bulk_bytes,
+        "echo_count": args.echo_count,
+        "rounds": args.rounds,
+        "chunk": CHUNK,
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "profiled": bool(args.profile_dir),
+    }
+
+
+def median_of(records: list[Json], key: str) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None and "error" not in r]
+    return statistics.median(values) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a is not None and b else None
+
+
+def describe(record: Json) -> str:
+    """A short human-readable form of one measurement, for the progress lines on stderr."""
+    if "error" in record:
+        return f"ERROR {record['error']}"
+    if record["test"] == "bulk":
+        return f"{record['MB_s'] or 0:.1f} MB/s"
+    return f"p50 {record['p50_us']:.0f} us, p99 {record['p99_us']:.0f} us"
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    common = ["--bulk-bytes", str(args.bulk_bytes), "--echo-count", str(args.echo_count)]
+    if args.utcp_nagle:
+        common.append("--utcp-nagle")
+    for item in args.utcp_set:
+        common += ["--utcp-set", item]
+    prof_dir = Path(args.profile_dir) if args.profile_dir else None
+    if prof_dir is not None:
+        prof_dir.mkdir(parents=True, exist_ok=True)
+
+    def prof(name: str, system: str) -> str | None:
+        return str(prof_dir / f"{system}-{name}.prof") if prof_dir and system == "utcp" else None
+
+    cond = conditions(args)
+    results: dict[tuple[str, str], list[Json]] = {(s, t): [] for s in args.systems for t in TESTS}
+    failures = 0
+    servers: dict[str, Server] = {}
+    try:
+        for system in args.systems:
+            servers[system] = Server(system, common, prof("server", system))
+            print(
+                f"{system} server: pid {servers[system].pid}, port {servers[system].port}",
+                file=sys.stderr,
+            )
+        for rnd in range(1, args.rounds + 1):
+            for system in args.systems:
+                for test in TESTS:
+                    record = run_client(
+                        servers[system],
+                        test,
+                        common,
+                        args.timeout,
+                        prof(f"client-{test}-r{rnd}", system),
+                    )
+                    record = {
+                        "kind": "measurement",
+                        "system": system,
+                        "test": test,
+                        "round": rnd,
+                        **record,
+                        "conditions": cond,
+                    }
+                    results[(system, test)].append(record)
+                    failures += "error" in record
+                    emit(record)
+                    print(f"round {rnd} {system} {test}: {describe(record)}", file=sys.stderr)
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    medians: Json = {}
+    for system in args.systems:
+        bulk, echo = results[(system, "bulk")], results[(system, "echo")]
+        medians[system] = {
+            "bulk_MB_s": median_of(bulk, "MB_s"),
+            "echo_p50_us": median_of(echo, "p50_us"),
+            "echo_p99_us": median_of(echo, "p99_us"),
+            "rounds_ok": [sum("error" not in r for r in bulk), sum("error" not in r for r in echo)],
+        }
+
+    def get(system: str, key: str) -> float | None:
+        value: float | None = medians.get(system, {}).get(key)
+        return value
+
+    emit(
+        {
+            "kind": "summary",
+            "median": medians,
+            "ratios": {
+                "utcp_bulk_over_udp_bulk": ratio(get("utcp", "bulk_MB_s"), get("udp", "bulk_MB_s")),
+                "utcp_echo_p50_over_kernel_echo_p50": ratio(
+                    get("utcp", "echo_p50_us"), get("kernel", "echo_p50_us")
+                ),
+                "utcp_bulk_over_kernel_bulk": ratio(
+                    get("utcp", "bulk_MB_s"), get("kernel", "bulk_MB_s")
+                ),
+                "utcp_echo_p50_over_udp_echo_p50": ratio(
+                    get("utcp", "echo_p50_us"), get("udp", "echo_p50_us")
+                ),
+            },
+            "failures": failures,
+            "conditions": {
+                **cond,
+                "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            },
+        }
+    )
+    return 1 if failures else 0
+
+
+# ================================================================= command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="See the module docstring for details."
+    )
+    parser.add_argument("--quick", action="store_true", help="5 MB, 200 echoes, 1 round")
+    parser.add_argument("--bulk-mb", type=float, default=50.0, help="MB per bulk run (10**6 B)")
+    parser.add_argument("--echo-count", type=int, default=2000, help="round trips per echo run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the median is reported")
+    parser.add_argument(
+        "--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="what to measure"
+    )
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per measurement")
+    parser.add_argument("--utcp-nagle", action="store_true", help="keep Nagle on for utcp")
+    parser.add_argument(
+        "--utcp-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a utcp.Config field on both ends, e.g. pacing=false (repeatable)",
+    )
+    parser.add_argument("--profile-dir", help="cProfile the utcp server and clients into here")
+    # Internal: how the orchestrator starts its subprocesses.
+    parser.add_argument(
+        "--role", choices=("bench", "server", "client"), default="bench", help=argparse.SUPPRESS
+    )
+    parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--test", choices=TESTS, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--bulk-bytes", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.bulk_mb, args.echo_count, args.rounds = 5.0, 200, 1
+    if args.bulk_bytes is None:
+        args.bulk_bytes = int(args.bulk_mb * MB)
+    if args.bulk_bytes < 1 or args.echo_count < 1 or args.rounds < 1 or args.timeout <= 0:
+        parser.error("--bulk-mb, --echo-count, --rounds and --timeout must be positive")
+    if args.role != "bench" and args.system is None:
+        parser.error(f"--role {args.role} needs --system")
+    if args.role == "client" and args.test is None:
+        parser.error("--role client needs --test")
+    try:
+        utcp_config(args)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.role == "server":
+        with maybe_profile(args.profile):
+            trio.run(server_main, args)
+        return 0
+    if args.role == "client":
+        return run_client_role(args)
+    return orchestrate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
