@@ -154,7 +154,7 @@ class Connection:
         self._pace_next = 0.0  # earliest time the next paced segment may leave
         self._pace_blocked = False  # output is waiting for the pacing clock...
         self._pace_wake = 0.0  # ...until then
-        self._app_limited = False
+        self._cwnd_limited_seq = 0  # cwnd was the limit when SND.NXT was here
         self._syn_due = False
         self._syn_retries = 0
 
@@ -850,7 +850,7 @@ class Connection:
                 in_flight=sb.pipe + acked,
                 snd_una=self._snd_una,
                 snd_nxt=self._snd_nxt,
-                app_limited=self._app_limited,
+                app_limited=self._snd_una > self._cwnd_limited_seq,
             )
         # RFC 6298 (5.2)/(5.3): stop the timer when all is acked, else restart it.
         if self._snd_una >= self._snd_nxt:
@@ -1287,18 +1287,14 @@ class Connection:
                     self.stats.tlp_probes += 1
                     self._tlp_end = self._snd_nxt
         self._arm_tlp(now)
-        # RFC 7661 / RFC 5681 4.1 spirit: the window is validated only while it is the limit.
-        # Stopping with a segment's worth of cwnd unused (for want of data or of peer
-        # window, not for the pacing clock) is "application-limited": cwnd must not grow.
-        # Like Linux's tcp_is_cwnd_limited: cwnd is the limit when what is in flight reaches
-        # it (half of it in slow start, which doubles per round). Waiting for the pacing
-        # clock does not make a sender cwnd-limited: else cwnd (and with it the pacing rate)
-        # would grow without bound. In recovery PRR, part of congestion control, is the limit.
+        # RFC 7661: cwnd grows only while it is the limit. As in Linux (tcp_is_cwnd_limited,
+        # max_packets_seq), it is the limit when what is in flight reaches it (half of it in
+        # slow start), and stays so until that round is acknowledged, so ACKs that fall in
+        # a pacing gap still count. Waiting for the pacing clock alone does not make a
+        # sender cwnd-limited: cwnd, and the pacing rate with it, would grow without bound.
         cwnd, pipe = self.cc.cwnd, sb.pipe
-        cwnd_limited = pipe + self.effective_mss > cwnd or (
-            self.cc.in_slow_start() and 2 * pipe >= cwnd
-        )
-        self._app_limited = not self.in_recovery and not cwnd_limited
+        if pipe + self.effective_mss > cwnd or (self.cc.in_slow_start() and 2 * pipe >= cwnd):
+            self._cwnd_limited_seq = self._snd_nxt
 
     def _retransmit(self, seg: SentSegment, out: list[Segment], now: float) -> None:
         out.append(self._data_segment(seg.start, seg.end, seg.fin, now))
