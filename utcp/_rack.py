@@ -100,36 +100,34 @@ class Rack:
         deadline: float | None = None
         # Originals, in offset (= send time) order.
         for seg in sb.segments_from(self._cursor):
-            if seg.acked or seg.sacked or seg.lost or seg.retransmits:
-                self._cursor = seg.end
-                continue
-            if not _sent_before(seg, self.xmit_ts, self.end):
-                break
-            remaining = seg.xmit_time + self.rtt + reo_wnd - now
-            if remaining <= 0:
-                sb.mark_lost(seg)
-                self._cursor = seg.end
-                continue
-            deadline = now + remaining
-            break
+            if not (seg.acked or seg.sacked or seg.lost or seg.retransmits):
+                deadline = self._judge(sb, seg, now, reo_wnd)
+                if deadline is not None or not seg.lost:
+                    break
+            self._cursor = seg.end
         # Retransmissions, in the order they were sent.
         queue = sb.retransmitted
         while queue:
             seg, when = queue[0]
-            if seg.acked or seg.sacked or seg.lost or seg.xmit_time != when:
-                queue.popleft()
-                continue
-            if not _sent_before(seg, self.xmit_ts, self.end):
-                break
-            remaining = seg.xmit_time + self.rtt + reo_wnd - now
-            if remaining <= 0:
-                sb.mark_lost(seg)
-                queue.popleft()
-                continue
-            at = now + remaining
-            deadline = at if deadline is None else min(deadline, at)
-            break
+            if not (seg.acked or seg.sacked or seg.lost or seg.xmit_time != when):
+                at = self._judge(sb, seg, now, reo_wnd)
+                if at is not None:
+                    deadline = at if deadline is None else min(deadline, at)
+                if not seg.lost:
+                    break
+            queue.popleft()
         return deadline
+
+    def _judge(self, sb: Scoreboard, seg: SentSegment, now: float, reo_wnd: float) -> float | None:
+        """Mark ``seg`` lost if its time is up; else the time it will be (None if RACK cannot
+        judge it yet: it was sent after the newest delivered segment)."""
+        if not _sent_before(seg, self.xmit_ts, self.end):
+            return None
+        remaining = seg.xmit_time + self.rtt + reo_wnd - now
+        if remaining <= 0:
+            sb.mark_lost(seg)
+            return None
+        return now + remaining
 
     def reset_cursor(self) -> None:
         """After an RTO marks everything lost, the originals are walked from the start."""
