@@ -2,8 +2,8 @@
 
 It works on stream offsets only and never sees payload. Every operation an ACK triggers is
 amortised O(1) or O(log n) in the number of segments in flight: segments leave from the
-front on cumulative ACKs, SACK blocks only touch the segments they newly cover, and the loss
-scan only moves forward.
+front on cumulative ACKs, SACK blocks only touch the segments they newly cover, and loss
+detection (RACK, ``_rack``) walks them forward only.
 """
 
 from __future__ import annotations
@@ -63,8 +63,6 @@ class Scoreboard:
         self._lost_queue: deque[SentSegment] = deque()
         # Retransmissions in the order they were sent (RACK walks them by send time).
         self.retransmitted: deque[tuple[SentSegment, float]] = deque()
-        self._top_sacked: list[int] = []  # starts of the DUP_THRESH highest SACKed segments
-        self._loss_scan = 0
         self.newly_sacked: list[SentSegment] = []  # filled by apply_sack, drained by RACK
 
     def __len__(self) -> int:
@@ -104,7 +102,6 @@ class Scoreboard:
         if head > 64 and head * 2 > len(segs):
             del segs[:head]
             self._head = 0
-        self._top_sacked = [s for s in self._top_sacked if s >= upto]
         return done
 
     def _forget(self, seg: SentSegment, n: int) -> None:
@@ -146,41 +143,6 @@ class Scoreboard:
             self.sacked_bytes += n
             newly += n
             self.newly_sacked.append(seg)
-            self._note_top_sacked(seg.start)
-        return newly
-
-    def is_sacked_range(self, start: int, end: int) -> bool:
-        i = self._index(start)
-        return i < len(self._segs) and self._segs[i].start == start and self._segs[i].sacked
-
-    def _note_top_sacked(self, start: int) -> None:
-        top = self._top_sacked
-        if len(top) == DUP_THRESH and start <= top[0]:
-            return
-        top.append(start)
-        top.sort()
-        del top[: max(0, len(top) - DUP_THRESH)]
-
-    def detect_losses_by_sack(self) -> int:
-        """RFC 6675 4 IsLost(): a segment with DupThresh SACKed segments above it is lost.
-
-        Only never-retransmitted segments are marked here (a retransmission that is lost
-        again is left to the RTO). Returns bytes newly marked lost.
-        """
-        if len(self._top_sacked) < DUP_THRESH:
-            return 0
-        boundary = self._top_sacked[0]
-        if boundary <= self._loss_scan:
-            return 0
-        segs = self._segs
-        i = self._index(self._loss_scan)
-        newly = 0
-        while i < len(segs) and segs[i].end <= boundary:
-            seg = segs[i]
-            i += 1
-            if not seg.sacked and not seg.lost and seg.retransmits == 0:
-                newly += self.mark_lost(seg)
-        self._loss_scan = boundary
         return newly
 
     def mark_lost(self, seg: SentSegment) -> int:
@@ -201,7 +163,6 @@ class Scoreboard:
                 self._lost_queue.append(seg)
             elif not seg.sacked:
                 self.mark_lost(seg)
-        self._loss_scan = 0
 
     def next_lost(self) -> SentSegment | None:
         """The lowest segment still marked lost, or None."""
