@@ -1506,16 +1506,20 @@ class Connection:
         if self._fin_queued:
             self._set_state(State.FIN_WAIT_1)
 
-    def _enter_time_wait(self, now: float) -> None:
-        self._set_state(State.TIME_WAIT)
-        self._finwait2_deadline = None
+    def _stop_sending_timers(self) -> None:
+        """Nothing of ours is left to (re)send or probe: TIME-WAIT, or the TCB is gone."""
         self._rto_deadline = None
         self._rack_deadline = None
         self._tlp_deadline = None
         self._pace_blocked = False
         self._persist_deadline = None
         self._keepalive_deadline = None
+        self._finwait2_deadline = None
         self._unacked_since = None
+
+    def _enter_time_wait(self, now: float) -> None:
+        self._set_state(State.TIME_WAIT)
+        self._stop_sending_timers()
         # RFC 9293 3.10.7.4 / 3.4.2: 2 MSL.
         self._timewait_deadline = now + 2 * self.config.msl
 
@@ -1528,22 +1532,12 @@ class Connection:
         if error is not None and self.error is None:
             self.error = error
             self._events.append(ConnectionFailed(error))
-        for name in (
-            "_rto_deadline",
-            "_rack_deadline",
-            "_tlp_deadline",
-            "_delack_deadline",
-            "_persist_deadline",
-            "_keepalive_deadline",
-            "_timewait_deadline",
-            "_finwait2_deadline",
-            "_connect_deadline",
-            "_unacked_since",
-        ):
-            setattr(self, name, None)
+        self._stop_sending_timers()
+        self._delack_deadline = None
+        self._timewait_deadline = None
+        self._connect_deadline = None
         self._syn_due = False
         self._ack_now = False
-        self._pace_blocked = False
         self._set_state(State.CLOSED)
         self._events.append(Closed())
 
