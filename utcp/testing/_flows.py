@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 
 from .._config import Config
 from .._connection import Connection
-from .._host import Host
 from ._network import LinkConfig, SimNetwork
-from ._pair import CLIENT_ADDR, SERVER_ADDR, _AppClock
+from ._pair import SERVER_ADDR, HostPair
 
 _CHUNK = b"\0" * (256 * 1024)
 
@@ -76,21 +75,14 @@ def run_flows(
     filters: list[Callable[[float, tuple[str, int], tuple[str, int], bytes], bool]] | None = None,
 ) -> FlowRun:
     """Run ``flows`` for ``duration`` virtual seconds (or until every sized flow finished)."""
-    net = SimNetwork(seed=seed)
-    client = Host(Config(), address=CLIENT_ADDR, isn_key=seed.to_bytes(8, "big") + b"flows-c-")
-    server = Host(Config(), address=SERVER_ADDR, isn_key=seed.to_bytes(8, "big") + b"flows-s-")
-    net.set_link(CLIENT_ADDR[0], SERVER_ADDR[0], link)
-    net.set_link(SERVER_ADDR[0], CLIENT_ADDR[0], reverse_link or LinkConfig(delay=link.delay))
+    # HostPair: the two hosts, the seeded network between them, the listener, the clock.
+    pair = HostPair(seed=seed, link=link, reverse_link=reverse_link or LinkConfig(delay=link.delay))
+    net, client, server = pair.net, pair.client, pair.server
     for fn in filters or ():
         net.add_filter(fn)
-    net.attach(CLIENT_ADDR, client)
-    net.attach(SERVER_ADDR, server)
-    clock = _AppClock()
-    net.attach(("192.0.2.255", 9), clock)
     start = net.now
     end = start + duration
     next_sample = start
-    server.listen(SERVER_ADDR[1])
     pending = sorted(range(len(flows)), key=lambda i: flows[i].start)
     by_port: dict[int, Flow] = {}
 
@@ -109,10 +101,9 @@ def run_flows(
             for flow in flows:
                 flow.samples.append((now - start, flow.received))
             next_sample += sample_interval
-        wake = [next_sample]
+        pair.wake_at(next_sample)
         if pending:
-            wake.append(flows[pending[0]].start + start)
-        clock.deadline = min(wake)
+            pair.wake_at(flows[pending[0]].start + start)
         sized = [f for f in flows if f.size is not None]
         if sized and len(sized) == len(flows) and all(f.done_time is not None for f in sized):
             return True
