@@ -17,8 +17,8 @@ from utcp.testing import (
     TraceRecord,
 )
 
-A: Address = ("10.0.0.1", 1000)
-B: Address = ("10.0.0.2", 2000)
+A: Address = ("198.18.0.1", 1000)
+B: Address = ("198.18.0.2", 2000)
 A6: Address = ("fd00::1", 1000)
 B6: Address = ("fd00::2", 2000)
 
@@ -319,7 +319,7 @@ def test_same_seed_replays_identically_and_other_seed_differs() -> None:
 def test_timers_fire_exactly_at_deadlines_amid_traffic() -> None:
     net = SimNetwork(seed=1, default_link=LinkConfig(delay=0.037))
     ticker, a, b = Ticker(0.1, count=10), Toy(), Echo()
-    net.attach(("10.0.0.3", 3), ticker)
+    net.attach(("198.18.0.3", 3), ticker)
     net.attach(A, a)
     net.attach(B, b)
     a.send(B, 5)
@@ -394,7 +394,7 @@ def test_run_without_condition_stops_by_itself_or_at_timeout() -> None:
     a.send(B, 1)
     assert net.run(timeout=10.0) == 0.25
     assert net.run(timeout=10.0) == 0.25  # nothing pending: returns at once
-    net.attach(("10.0.0.3", 3), Ticker(1.0))
+    net.attach(("198.18.0.3", 3), Ticker(1.0))
     assert net.run(timeout=2.5) == 2.75
 
 
@@ -449,9 +449,9 @@ def test_filters_drop_and_can_be_removed() -> None:
 
 def test_inject_delivers_raw_bytes_from_a_fake_source() -> None:
     net, _, b = pair(LinkConfig(loss=1.0), trace=True)
-    stray: Address = ("192.0.2.9", 9)
+    stray: Address = ("198.19.9.9", 9)
     net.inject(stray, B, b"garbage", delay=0.25)
-    net.inject(stray, ("10.9.9.9", 1), b"nobody")
+    net.inject(stray, ("198.18.9.9", 1), b"nobody")
     net.run(timeout=1.0)
     assert b.received == [(0.25, b"garbage", stray)]
     assert net.link_stats(stray[0], B[0]).delivered == 0

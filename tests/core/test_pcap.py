@@ -55,8 +55,8 @@ DATA_SEG = encode(Segment(80, 40000, 7, 0xFFFFFF01, PSH | ACK, 512, b"hello", ti
 def test_ipv4_records() -> None:
     buf = io.BytesIO()
     writer = PcapWriter(buf)
-    writer.write(1.5, ("10.0.0.1", 5000), ("10.0.0.2", 6000), SYN_SEG)
-    writer.write(2.000001, ("10.0.0.2", 6000), ("10.0.0.1", 5000), memoryview(DATA_SEG))
+    writer.write(1.5, ("198.18.0.1", 5000), ("198.18.0.2", 6000), SYN_SEG)
+    writer.write(2.000001, ("198.18.0.2", 6000), ("198.18.0.1", 5000), memoryview(DATA_SEG))
     writer.close()
     assert not buf.closed  # a file it was given is flushed, not closed
 
@@ -65,8 +65,8 @@ def test_ipv4_records() -> None:
     assert [(r.seconds, r.micros) for r in records] == [(1, 500000), (2, 1)]
     for ident, (record, segment, src, dst) in enumerate(
         [
-            (records[0], SYN_SEG, "0a000001", "0a000002"),
-            (records[1], DATA_SEG, "0a000002", "0a000001"),
+            (records[0], SYN_SEG, "c6120001", "c6120002"),
+            (records[1], DATA_SEG, "c6120002", "c6120001"),
         ]
     ):
         packet = record.packet
@@ -100,26 +100,28 @@ def test_ipv6_record() -> None:
 
 def test_mixed_families_use_ipv4_mapped_ipv6() -> None:
     buf = io.BytesIO()
-    PcapWriter(buf).write(0.0, ("192.0.2.1", 1), ("::1", 2), SYN_SEG)
+    PcapWriter(buf).write(0.0, ("198.18.2.1", 1), ("::1", 2), SYN_SEG)
     packet = read_pcap(buf.getvalue())[1][0].packet
     assert packet[0] >> 4 == 6
-    assert packet[8:24] == bytes(10) + b"\xff\xff" + bytes((192, 0, 2, 1))
+    assert packet[8:24] == bytes(10) + b"\xff\xff" + bytes((198, 18, 2, 1))
     assert internet_checksum(pseudo_v6(packet) + packet[40:]) == 0
 
 
 def test_checksum_left_alone_when_asked_and_for_short_segments() -> None:
     unfixed = io.BytesIO()
-    PcapWriter(unfixed, fix_checksum=False).write(0.0, ("10.0.0.1", 1), ("10.0.0.2", 2), SYN_SEG)
+    PcapWriter(unfixed, fix_checksum=False).write(
+        0.0, ("198.18.0.1", 1), ("198.18.0.2", 2), SYN_SEG
+    )
     assert read_pcap(unfixed.getvalue())[1][0].packet[20:] == SYN_SEG
     short = b"\x01\x02\x03"
     fixed = io.BytesIO()
-    PcapWriter(fixed).write(0.0, ("10.0.0.1", 1), ("10.0.0.2", 2), short)
+    PcapWriter(fixed).write(0.0, ("198.18.0.1", 1), ("198.18.0.2", 2), short)
     assert read_pcap(fixed.getvalue())[1][0].packet[20:] == short
 
 
 def test_snaplen_truncates_captured_bytes() -> None:
     buf = io.BytesIO()
-    PcapWriter(buf, snaplen=40).write(0.0, ("10.0.0.1", 1), ("10.0.0.2", 2), DATA_SEG)
+    PcapWriter(buf, snaplen=40).write(0.0, ("198.18.0.1", 1), ("198.18.0.2", 2), DATA_SEG)
     header, [record] = read_pcap(buf.getvalue())
     assert header[5] == 40
     assert len(record.packet) == 40 and record.orig_len == 20 + len(DATA_SEG)
@@ -128,19 +130,19 @@ def test_snaplen_truncates_captured_bytes() -> None:
 def test_bad_input_raises_value_error() -> None:
     writer = PcapWriter(io.BytesIO())
     with pytest.raises(ValueError):
-        writer.write(0.0, ("localhost", 1), ("10.0.0.2", 2), SYN_SEG)
+        writer.write(0.0, ("localhost", 1), ("198.18.0.2", 2), SYN_SEG)
     with pytest.raises(ValueError):
-        writer.write(-1.0, ("10.0.0.1", 1), ("10.0.0.2", 2), SYN_SEG)
+        writer.write(-1.0, ("198.18.0.1", 1), ("198.18.0.2", 2), SYN_SEG)
     with pytest.raises(ValueError):
-        writer.write(0.0, ("10.0.0.1", 1), ("10.0.0.2", 2), bytes(65516))
+        writer.write(0.0, ("198.18.0.1", 1), ("198.18.0.2", 2), bytes(65516))
 
 
 def test_open_owns_the_file(tmp_path: Path) -> None:
     path = tmp_path / "trace.pcap"
     with PcapWriter.open(path) as writer:
-        writer.write(0.25, ("10.0.0.1", 1), ("10.0.0.2", 2), SYN_SEG)
+        writer.write(0.25, ("198.18.0.1", 1), ("198.18.0.2", 2), SYN_SEG)
     with pytest.raises(ValueError):  # the file is closed
-        writer.write(0.5, ("10.0.0.1", 1), ("10.0.0.2", 2), SYN_SEG)
+        writer.write(0.5, ("198.18.0.1", 1), ("198.18.0.2", 2), SYN_SEG)
     header, [record] = read_pcap(path.read_bytes())
     assert header[0] == 0xA1B2C3D4 and record.micros == 250000
 
@@ -149,7 +151,7 @@ def test_open_owns_the_file(tmp_path: Path) -> None:
 def test_tshark_reads_valid_tcp(tmp_path: Path) -> None:
     path = tmp_path / "trace.pcap"
     writer = PcapWriter.open(path)
-    writer.write(1.0, ("10.0.0.1", 5000), ("10.0.0.2", 6000), SYN_SEG)
+    writer.write(1.0, ("198.18.0.1", 5000), ("198.18.0.2", 6000), SYN_SEG)
     writer.write(2.0, ("2001:db8::2", 6000), ("2001:db8::1", 5000), DATA_SEG)
     writer.close()
     fields = ["tcp.srcport", "tcp.dstport", "tcp.len", "tcp.checksum.status"]

@@ -116,7 +116,7 @@ class HostPair:
         self.net.attach(CLIENT_ADDR, self.client)
         self.net.attach(SERVER_ADDR, self.server)
         self._clock = _AppClock()
-        self.net.attach(("192.0.2.255", 9), self._clock)  # TEST-NET address, never sent to
+        self.net.attach(("198.19.255.254", 9), self._clock)  # never sent to
         self.server.listen()
         self.state_log: list[tuple[float, str, State, State]] = []
 
