@@ -26,9 +26,9 @@ _PCAP_VERSION = (2, 4)
 _GLOBAL_HEADER = struct.Struct("<IHHiIII")  # magic, major, minor, thiszone, sigfigs, snap, link
 _RECORD_HEADER = struct.Struct("<IIII")  # ts_sec, ts_usec, incl_len, orig_len
 
-_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")  # RFC 791 3.1
+IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")  # RFC 791 3.1
 _IPV6_HEADER = struct.Struct("!IHBB16s16s")  # RFC 8200 3
-_IPPROTO_TCP = 6
+IPPROTO_TCP = 6
 _IPV4_DF = 0x4000  # RFC 791 3.1: don't fragment; utcp never relies on fragmentation
 _TTL = 64
 _TCP_CHECKSUM_AT = 16  # RFC 9293 3.1: offset of the checksum field in the TCP header
@@ -88,21 +88,21 @@ class PcapWriter:
         if timestamp < 0:
             raise ValueError(f"negative timestamp {timestamp}")
         segment = bytearray(segment_bytes)
-        if len(segment) > 0xFFFF - _IPV4_HEADER.size:
+        if len(segment) > 0xFFFF - IPV4_HEADER.size:
             raise ValueError(f"segment of {len(segment)} bytes does not fit an IP packet")
         src_ip = ipaddress.ip_address(src[0])
         dst_ip = ipaddress.ip_address(dst[0])
         if src_ip.version == 4 and dst_ip.version == 4:
-            pseudo = src_ip.packed + dst_ip.packed + struct.pack("!xBH", _IPPROTO_TCP, len(segment))
-            self._fix(segment, pseudo)
-            header = self._ipv4_header(src_ip.packed, dst_ip.packed, len(segment))
+            self._fix(segment, ipv4_pseudo_header(src_ip.packed, dst_ip.packed, len(segment)))
+            header = ipv4_header(src_ip.packed, dst_ip.packed, len(segment), self._ip_id)
+            self._ip_id = (self._ip_id + 1) & 0xFFFF
         else:
             src_packed, dst_packed = _as_ipv6(src_ip), _as_ipv6(dst_ip)
             # RFC 8200 8.1: the upper-layer pseudo-header.
-            pseudo = src_packed + dst_packed + struct.pack("!I3xB", len(segment), _IPPROTO_TCP)
+            pseudo = src_packed + dst_packed + struct.pack("!I3xB", len(segment), IPPROTO_TCP)
             self._fix(segment, pseudo)
             header = _IPV6_HEADER.pack(
-                6 << 28, len(segment), _IPPROTO_TCP, _TTL, src_packed, dst_packed
+                6 << 28, len(segment), IPPROTO_TCP, _TTL, src_packed, dst_packed
             )
         packet = header + segment
         micros = round(timestamp * 1_000_000)
@@ -119,21 +119,31 @@ class PcapWriter:
             self._file.flush()
 
     def _fix(self, segment: bytearray, pseudo: bytes) -> None:
-        # RFC 9293 3.1: the checksum covers the pseudo-header, the header and the data.
-        if not self._fix_checksum or len(segment) < HEADER_LEN:
-            return
-        segment[_TCP_CHECKSUM_AT : _TCP_CHECKSUM_AT + 2] = b"\0\0"
-        checksum = internet_checksum(pseudo + segment)
-        struct.pack_into("!H", segment, _TCP_CHECKSUM_AT, checksum)
+        if self._fix_checksum and len(segment) >= HEADER_LEN:
+            set_tcp_checksum(segment, pseudo)
 
-    def _ipv4_header(self, src: bytes, dst: bytes, payload_len: int) -> bytes:
-        total = _IPV4_HEADER.size + payload_len
-        ident = self._ip_id
-        self._ip_id = (ident + 1) & 0xFFFF
-        fields = (0x45, 0, total, ident, _IPV4_DF, _TTL, _IPPROTO_TCP)
-        header = _IPV4_HEADER.pack(*fields, 0, src, dst)
-        # RFC 791 3.1: the header checksum is the ones' complement checksum of the header.
-        return _IPV4_HEADER.pack(*fields, internet_checksum(header), src, dst)
+
+# IPv4 framing of a TCP segment, shared with the TUN gateway of utcp.testing.
+
+
+def ipv4_pseudo_header(src: bytes, dst: bytes, tcp_length: int) -> bytes:
+    """RFC 9293 3.1: the IPv4 pseudo-header the TCP checksum covers."""
+    return src + dst + struct.pack("!xBH", IPPROTO_TCP, tcp_length)
+
+
+def set_tcp_checksum(segment: bytearray, pseudo: bytes = b"") -> None:
+    """Rewrite the segment's checksum over ``pseudo`` + the segment (RFC 9293 3.1); with no
+    pseudo-header this is WIRE.md's checksum."""
+    segment[_TCP_CHECKSUM_AT : _TCP_CHECKSUM_AT + 2] = b"\0\0"
+    struct.pack_into("!H", segment, _TCP_CHECKSUM_AT, internet_checksum(pseudo + segment))
+
+
+def ipv4_header(src: bytes, dst: bytes, payload_len: int, ident: int) -> bytes:
+    """An IPv4 header (RFC 791 3.1) for a TCP payload, DF set, TTL 64."""
+    fields = (0x45, 0, IPV4_HEADER.size + payload_len, ident & 0xFFFF, _IPV4_DF, _TTL, IPPROTO_TCP)
+    header = IPV4_HEADER.pack(*fields, 0, src, dst)
+    # RFC 791 3.1: the header checksum is the ones' complement checksum of the header.
+    return IPV4_HEADER.pack(*fields, internet_checksum(header), src, dst)
 
 
 def _as_ipv6(address: _IPAddress) -> bytes:

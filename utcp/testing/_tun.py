@@ -35,6 +35,7 @@ from typing import IO
 
 import trio
 
+from .._pcap import IPPROTO_TCP, IPV4_HEADER, ipv4_header, ipv4_pseudo_header, set_tcp_checksum
 from .._wire import RST, SYN, DecodeError, Segment, decode_untrusted, internet_checksum
 
 Address = tuple[str, int]
@@ -51,12 +52,7 @@ VIRTUAL_ADDRESS = "198.18.0.2"
 PREFIX_LEN = 30
 TUN_NAME = "utun0"  # the device lives alone in its namespace, so the name need not be unique
 
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")  # RFC 791 3.1
-_IPPROTO_TCP = 6
-_IPV4_DF = 0x4000
 _IPV4_FRAGMENT_BITS = 0x3FFF  # MF and the fragment offset
-_TTL = 64
-_TCP_CHECKSUM_AT = 16  # RFC 9293 3.1
 _BATCH = 256  # packets moved per wake-up before yielding
 _IP_COMMAND_TIMEOUT = 10.0
 _counter = itertools.count()
@@ -184,40 +180,30 @@ def _open_tun_in_netns(netns: str, ifname: str) -> int:
 # ---------------------------------------------------------------- packet conversion
 
 
-def ipv4_tcp_checksum(src: bytes, dst: bytes, segment: bytes | bytearray) -> int:
-    """RFC 9293 3.1: the checksum over the IPv4 pseudo-header and the segment (whose
-    checksum field must be zero)."""
-    pseudo = src + dst + struct.pack("!xBH", _IPPROTO_TCP, len(segment))
-    return internet_checksum(pseudo + segment)
-
-
 def segment_to_ipv4(segment: bytes | bytearray, src: bytes, dst: bytes, ident: int) -> bytes:
     """Wrap one utcp segment in an IPv4 packet, TCP checksum redone with the pseudo-header."""
     tcp = bytearray(segment)
-    tcp[_TCP_CHECKSUM_AT : _TCP_CHECKSUM_AT + 2] = b"\0\0"
-    struct.pack_into("!H", tcp, _TCP_CHECKSUM_AT, ipv4_tcp_checksum(src, dst, tcp))
-    fields = (0x45, 0, _IPV4.size + len(tcp), ident & 0xFFFF, _IPV4_DF, _TTL, _IPPROTO_TCP)
-    header = _IPV4.pack(*fields, 0, src, dst)
-    return _IPV4.pack(*fields, internet_checksum(header), src, dst) + tcp
+    set_tcp_checksum(tcp, ipv4_pseudo_header(src, dst, len(tcp)))
+    return ipv4_header(src, dst, len(tcp), ident) + tcp
 
 
 def ipv4_to_segment(packet: bytes, dst: bytes) -> tuple[bytearray, bool] | None:
     """The TCP segment of an unfragmented IPv4/TCP packet for ``dst``, with WIRE.md's
     checksum (no pseudo-header), and whether the packet's own TCP checksum verified; None for
     anything else."""
-    if len(packet) < _IPV4.size or packet[0] >> 4 != 4:
+    if len(packet) < IPV4_HEADER.size or packet[0] >> 4 != 4:
         return None
-    _vhl, _tos, total, _ident, frag, _ttl, proto, _csum, src, pkt_dst = _IPV4.unpack_from(packet)
+    _vhl, _tos, total, _ident, frag, _ttl, proto, _csum, src, pkt_dst = IPV4_HEADER.unpack_from(
+        packet
+    )
     ihl = (packet[0] & 0x0F) * 4
-    if proto != _IPPROTO_TCP or pkt_dst != dst or frag & _IPV4_FRAGMENT_BITS:
+    if proto != IPPROTO_TCP or pkt_dst != dst or frag & _IPV4_FRAGMENT_BITS:
         return None
-    if ihl < _IPV4.size or total > len(packet) or total < ihl + 20:
+    if ihl < IPV4_HEADER.size or total > len(packet) or total < ihl + 20:
         return None
     tcp = bytearray(packet[ihl:total])
-    pseudo = src + pkt_dst + struct.pack("!xBH", _IPPROTO_TCP, len(tcp))
-    valid = internet_checksum(pseudo + tcp) == 0
-    tcp[_TCP_CHECKSUM_AT : _TCP_CHECKSUM_AT + 2] = b"\0\0"
-    struct.pack_into("!H", tcp, _TCP_CHECKSUM_AT, internet_checksum(tcp))
+    valid = internet_checksum(ipv4_pseudo_header(src, pkt_dst, len(tcp)) + tcp) == 0
+    set_tcp_checksum(tcp)  # WIRE.md: no pseudo-header
     return tcp, valid
 
 
