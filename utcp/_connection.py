@@ -743,7 +743,7 @@ class Connection:
                 continue
             newly += sb.apply_sack(lo, hi)
         for seg in sb.newly_sacked:
-            self.rack.on_delivered(seg, now, self._snd_nxt)
+            self.rack.on_delivered(seg, now)
         sb.newly_sacked.clear()
         self.stats.sacked_bytes += newly
         return newly
@@ -814,7 +814,7 @@ class Connection:
         if acked_segments:
             for s in acked_segments:
                 if not s.sacked:
-                    self.rack.on_delivered(s, now, self._snd_nxt)
+                    self.rack.on_delivered(s, now)
             # Delivery rate sample: bytes delivered since the newest acked segment was sent,
             # over the time since (the sampling idea of draft-cheng-iccrg-delivery-rate).
             last = acked_segments[-1]

@@ -50,12 +50,11 @@ class Rack:
         self._cursor = 0  # originals below this offset are resolved (delivered/lost/resent)
 
     # RFC 8985 6.2 step 2 and 3: called for every segment newly acknowledged or SACKed.
-    def on_delivered(self, seg: SentSegment, now: float, snd_nxt: int) -> None:
+    def on_delivered(self, seg: SentSegment, now: float) -> None:
         rtt = now - seg.xmit_time
-        if seg.retransmits and rtt < self.min_rtt:
-            # The ACK may be for the original transmission: no trustworthy sample.
-            pass
-        else:
+        # A retransmitted segment acknowledged sooner than min_RTT after its resend was
+        # likely acknowledged for its original transmission: no trustworthy sample.
+        if not (seg.retransmits and rtt < self.min_rtt):
             self.min_rtt = min(self.min_rtt, rtt)
             if seg.xmit_time > self.xmit_ts or (
                 seg.xmit_time == self.xmit_ts and seg.end > self.end

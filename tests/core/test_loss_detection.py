@@ -24,7 +24,7 @@ def board(n: int, spacing: float = 0.001) -> tuple[Scoreboard, list[SentSegment]
 def sack(sb: Scoreboard, rack: Rack, seg: SentSegment, now: float) -> None:
     assert sb.apply_sack(seg.start, seg.end) == MSS
     for s in sb.newly_sacked:
-        rack.on_delivered(s, now, 0)
+        rack.on_delivered(s, now)
     sb.newly_sacked.clear()
 
 
