@@ -695,6 +695,7 @@ class Connection:
         old_una = self._snd_una
         sb = self.scoreboard
         newly_sacked = 0
+        self.rack.begin_ack()
         if self.sack_ok and seg.sack_blocks:
             newly_sacked = self._apply_sack_blocks(seg.sack_blocks, now)
         delivered = newly_sacked

@@ -29,6 +29,7 @@ class Rack:
         "dsack_round",
         "end",
         "fack",
+        "fack_before_ack",
         "min_rtt",
         "reo_wnd_mult",
         "reo_wnd_persist",
@@ -43,11 +44,16 @@ class Rack:
         self.rtt = 0.0  # RACK.rtt: the RTT of that delivery
         self.min_rtt = math.inf
         self.fack = 0  # RACK.fack: highest offset delivered (acked or SACKed)
+        self.fack_before_ack = 0  # RACK.fack as it was before the ACK being processed
         self.reordering_seen = False
         self.reo_wnd_mult = 1
         self.reo_wnd_persist = REO_WND_PERSIST
         self.dsack_round: int | None = None
         self._cursor = 0  # originals below this offset are resolved (delivered/lost/resent)
+
+    def begin_ack(self) -> None:
+        """Called once per arriving ACK, before its segments are passed to on_delivered."""
+        self.fack_before_ack = self.fack
 
     # RFC 8985 6.2 step 2 and 3: called for every segment newly acknowledged or SACKed.
     def on_delivered(self, seg: SentSegment, now: float) -> None:
@@ -62,9 +68,11 @@ class Rack:
                 self.xmit_ts = seg.xmit_time
                 self.end = seg.end
                 self.rtt = rtt
-        # Step 3: a never-retransmitted segment delivered below the highest delivered offset
-        # arrived out of order.
-        if seg.end < self.fack and not seg.retransmits:
+        # Step 3: a never-retransmitted segment delivered below the highest offset delivered
+        # by an earlier ACK arrived out of order. Segments delivered by the same ACK are not
+        # compared with each other: an ACK that both acknowledges a delayed-ACK segment and
+        # SACKs data above a fresh hole is ordinary loss, not reordering.
+        if seg.end < self.fack_before_ack and not seg.retransmits:
             self.reordering_seen = True
         self.fack = max(self.fack, seg.end)
 

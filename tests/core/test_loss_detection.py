@@ -22,6 +22,8 @@ def board(n: int, spacing: float = 0.001) -> tuple[Scoreboard, list[SentSegment]
 
 
 def sack(sb: Scoreboard, rack: Rack, seg: SentSegment, now: float) -> None:
+    """One ACK that SACKs ``seg``."""
+    rack.begin_ack()
     assert sb.apply_sack(seg.start, seg.end) == MSS
     for s in sb.newly_sacked:
         rack.on_delivered(s, now)
@@ -92,6 +94,31 @@ class TestRackLossDetection:
         sack(sb, rack, segs[3], 0.05)
         assert not rack.reordering_seen
         sack(sb, rack, segs[1], 0.051)  # never retransmitted, below RACK.fack
+        assert rack.reordering_seen
+
+    def test_one_ack_for_a_held_segment_and_data_above_a_hole_is_not_reordering(self) -> None:
+        # The receiver held segment 0 for its delayed ACK; segment 1 is lost; segment 2
+        # arrives and draws an immediate ACK: cumulative ACK of 0, SACK of 2. The connection
+        # hands RACK the SACKed segment first, then the cumulatively acknowledged one. Both
+        # were delivered by the same ACK, so 0 ending below 2 says nothing about reordering
+        # (RFC 8985 6.2 step 3 compares with what earlier ACKs delivered).
+        sb, segs = board(4)
+        rack = Rack()
+        rack.begin_ack()
+        assert sb.apply_sack(segs[2].start, segs[2].end) == MSS
+        for s in sb.newly_sacked:
+            rack.on_delivered(s, 0.05)
+        sb.newly_sacked.clear()
+        for s in sb.acknowledge(segs[0].end):
+            rack.on_delivered(s, 0.05)
+        assert rack.fack == segs[2].end
+        assert not rack.reordering_seen
+        # With no reordering seen and fewer than DupThresh segments SACKed, reo_wnd is
+        # min_RTT / 4; once in recovery it is 0 (RFC 8985 6.2 step 4).
+        assert rack.reo_wnd(in_recovery=False, sacked_segments=1, srtt=0.05) > 0
+        assert rack.reo_wnd(in_recovery=True, sacked_segments=1, srtt=0.05) == 0.0
+        # A later ACK that delivers the never-retransmitted segment 1 is reordering.
+        sack(sb, rack, segs[1], 0.06)
         assert rack.reordering_seen
 
 
