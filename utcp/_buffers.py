@@ -152,6 +152,16 @@ class ReceiveBuffer:
         self._recent.insert(0, start)
         del self._recent[8:]
 
+    def held(self, start: int, end: int) -> tuple[int, int] | None:
+        """The first run of [start, end) already held out of order (above ``nxt``), if any."""
+        starts, blocks = self._starts, self._blocks
+        i = bisect_right(starts, start) - 1
+        if i >= 0 and start < starts[i] + len(blocks[i]):
+            return start, min(end, starts[i] + len(blocks[i]))
+        if i + 1 < len(starts) and starts[i + 1] < end:
+            return starts[i + 1], min(end, starts[i + 1] + len(blocks[i + 1]))
+        return None
+
     def sack_blocks(self, max_blocks: int) -> list[tuple[int, int]]:
         """Up to ``max_blocks`` (start, end) offset ranges held above ``nxt``.
 

@@ -582,6 +582,17 @@ class Connection:
             return True  # RFC 7323 5.5: TS.Recent too old to trust
         self._drop("PAWS: old timestamp")
         self._ack_now = True
+        if seg.payload:
+            # A retransmission overtaken by a later one (reordering) fails PAWS, yet its
+            # bytes may have arrived before: report what we hold as a duplicate (RFC 2883
+            # 4), so the sender can still learn that its retransmission was spurious.
+            start = self._seq_offset(seg.seq)
+            end = start + len(seg.payload)
+            rcv_nxt = self.rcvbuf.nxt
+            if start < rcv_nxt:
+                self._note_duplicate(start, end, rcv_nxt)
+            elif (held := self.rcvbuf.held(start, end)) is not None:
+                self._report_duplicate(*held)
         return False
 
     def _check_sequence(self, seg: Segment, now: float) -> bool:
@@ -697,7 +708,7 @@ class Connection:
         newly_sacked = 0
         self.rack.begin_ack()
         if self.sack_ok and seg.sack_blocks:
-            newly_sacked = self._apply_sack_blocks(seg.sack_blocks, now)
+            newly_sacked = self._apply_sack_blocks(seg.sack_blocks, ack_off, now)
         delivered = newly_sacked
         if ack_off > old_una:
             delivered += ack_off - old_una
@@ -727,7 +738,9 @@ class Connection:
                 delivered, pipe=sb.pipe, ssthresh=self.cc.ssthresh, mss=self.effective_mss
             )
 
-    def _apply_sack_blocks(self, blocks: tuple[tuple[int, int], ...], now: float) -> int:
+    def _apply_sack_blocks(
+        self, blocks: tuple[tuple[int, int], ...], ack_off: int, now: float
+    ) -> int:
         newly = 0
         sb = self.scoreboard
         for i, (left, right) in enumerate(blocks):
@@ -735,7 +748,9 @@ class Connection:
             if (
                 i == 0
                 and lo < hi
-                and (hi <= self._snd_una or (len(blocks) > 1 and self._within(lo, hi, blocks[1])))
+                # RFC 2883 4: below this ACK's cumulative acknowledgement (which SND.UNA
+                # has not taken yet), or inside the second block.
+                and (hi <= ack_off or (len(blocks) > 1 and self._within(lo, hi, blocks[1])))
             ):
                 self._on_dsack(lo, hi, now)  # RFC 2883 4: the first block reports a duplicate
                 continue
@@ -930,6 +945,8 @@ class Connection:
         had_gap = rb.has_gap
         before = rb.nxt
         full = len(payload) >= self.effective_mss
+        # RFC 2883 4.1.2: a duplicate of data held out of order is reported too.
+        held = rb.held(seg_off, seg_off + len(payload)) if seg_off > before else None
         moved = rb.insert(seg_off, payload, self._rcv_adv)
         self.stats.bytes_received += moved
         if moved:
@@ -941,6 +958,12 @@ class Connection:
             if seg_off < before:
                 self.stats.dup_segments_received += 1
                 self._note_duplicate(seg_off, seg_off + len(payload), before)
+            elif held is not None:
+                # Data already held out of order: the containing SACK block follows the
+                # D-SACK block (the newest block goes first), which is how the sender tells
+                # it apart (RFC 2883 4.1.2).
+                self.stats.dup_segments_received += 1
+                self._report_duplicate(*held)
             elif seg_off > before:
                 self.stats.ooo_segments_received += 1
         else:
@@ -948,8 +971,19 @@ class Connection:
 
     def _note_duplicate(self, start: int, end: int, rcv_nxt: int) -> None:
         # RFC 2883 4.1.1: report duplicate data below RCV.NXT in the first SACK block.
-        if self.sack_ok and start < rcv_nxt:
-            self._dsack = (start, min(end, rcv_nxt))
+        if start < rcv_nxt:
+            self._report_duplicate(start, min(end, rcv_nxt))
+
+    def _report_duplicate(self, start: int, end: int) -> None:
+        """RFC 2883 4: the next ACK's first SACK block reports [start, end) as a duplicate.
+        Duplicates that arrive before that ACK leaves and touch the pending one are reported
+        together (one contiguous duplicate); otherwise the newest is reported."""
+        if not self.sack_ok:
+            return
+        pending = self._dsack
+        if pending is not None and start <= pending[1] and pending[0] <= end:
+            start, end = min(start, pending[0]), max(end, pending[1])
+        self._dsack = (start, end)
 
     def _schedule_delayed_ack(self, now: float, full: bool) -> None:
         # RFC 1122 4.2.3.2 / RFC 9293 3.8.6.3: ACK at least every second full-sized segment,

@@ -727,6 +727,45 @@ class TestEstablishedReceive:
         assert conn.rcv_nxt == R(1001)
         assert conn.rcvbuf.ooo_bytes == 0
 
+    def test_duplicate_of_out_of_order_data_is_reported_before_its_block(self) -> None:
+        conn = established()
+        conn.receive_segment(peer(ACK, 801, 1, b"o" * 200), 1.0)
+        assert conn.segments_to_send(1.0) == [ours(ACK, 1, 1, sack_blocks=((R(801), R(1001)),))]
+        conn.receive_segment(peer(ACK, 801, 1, b"o" * 200), 1.1)
+        # RFC 2883 4.1.2: the D-SACK block first, then the SACK block that contains it, which
+        # is how the sender tells a duplicate above the cumulative ACK from new data.
+        block = (R(801), R(1001))
+        assert conn.segments_to_send(1.1) == [ours(ACK, 1, 1, sack_blocks=(block, block))]
+        assert conn.stats.dup_segments_received == 1
+        assert conn.stats.ooo_segments_received == 1
+
+    def test_duplicates_that_arrive_together_are_reported_as_one_block(self) -> None:
+        conn = established()
+        conn.receive_segment(peer(ACK, 1, 1, b"a" * 800), 1.0)
+        assert conn.segments_to_send(1.0) == []  # one segment: the ACK is delayed
+        # Two retransmissions arrive before our next ACK leaves: one contiguous duplicate.
+        conn.receive_segment(peer(ACK, 1, 1, b"a" * 400), 1.01)
+        conn.receive_segment(peer(ACK, 401, 1, b"a" * 400), 1.01)
+        assert conn.segments_to_send(1.01) == [
+            ours(ACK, 1, 801, window=window_after(800), sack_blocks=((R(1), R(801)),))
+        ]
+
+    def test_duplicate_rejected_by_paws_is_still_reported(self) -> None:
+        # A retransmission that a later one overtook carries an older TSval and fails PAWS
+        # (RFC 7323 5.3); its bytes were received already, so the ACK reports them in a
+        # D-SACK block and the sender can still learn its retransmission was spurious.
+        conn = established(ts=True)
+        conn.receive_segment(
+            peer(ACK, 1, 1, b"d" * 400, timestamps=(peer_ts(1.0), local_ts(conn, 0.9))), 1.0
+        )
+        conn.segments_to_send(1.0)
+        late = peer(ACK, 1, 1, b"d" * 400, timestamps=(peer_ts(0.95), local_ts(conn, 0.9)))
+        conn.receive_segment(late, 1.2)
+        out = conn.segments_to_send(1.2)
+        assert [(s.ack, s.sack_blocks) for s in out] == [(R(401), ((R(1), R(401)),))]
+        assert conn.stats.drops == {"PAWS: old timestamp": 1}
+        assert conn.receive() == b"d" * 400
+
     @pytest.mark.parametrize(
         "seq", [1 + BUF, 1 + BUF + 5000, -2000, 2**31], ids=["edge", "beyond", "old", "far"]
     )
