@@ -841,7 +841,7 @@ class Connection:
             # RFC 8985 7.4.2: the probe's episode is over. A retransmitted probe that was not
             # reported as a duplicate repaired a real loss: respond to it as congestion.
             if self._tlp_retrans and not self.in_recovery:
-                self.cc.on_loss(now=now, in_flight=sb.pipe + acked)
+                self.cc.on_loss(now=now, in_flight=self._reduction_flight())
                 self.cc.on_recovery_end(now=now)
                 self.stats.tlp_recoveries += 1
             self._tlp_end = None
@@ -903,12 +903,24 @@ class Connection:
                 sb.mark_lost(first)
         self._recovery_point = self._snd_nxt
         self.stats.fast_retransmits += 1
-        in_flight = sb.pipe + sb.lost_bytes
         self._undo = self.cc.snapshot()
         self._undo_retrans = 0
-        self.cc.on_loss(now=now, in_flight=in_flight)
-        self._prr = Prr(in_flight)  # RFC 6937 3: RecoverFS = pipe before the reduction
+        self.cc.on_loss(now=now, in_flight=self._reduction_flight())
+        # RFC 9937 (PRR, which obsoletes RFC 6937): RecoverFS = pipe before the reduction.
+        self._prr = Prr(sb.pipe + sb.lost_bytes)
         self._tlp_deadline = None
+
+    def _reduction_flight(self) -> int:
+        """FlightSize for a congestion response (RFC 5681 3.1 eq. 4, RFC 9438 4.6).
+
+        RFC 5681 defines it as data sent and not cumulatively acknowledged, SACKed data
+        included; this sender refills its window as SACKs arrive (RFC 6675 pipe), so that
+        can exceed cwnd by what was SACKed before the loss was detected, and RFC 5681 3.2
+        keeps data sent beyond cwnd that way (limited transmit) out of the computation. So:
+        FlightSize, but no more than cwnd. The pipe alone would leave the SACKed data out
+        and cut the window below the multiplicative decrease the RFCs prescribe.
+        """
+        return min(self._snd_nxt - self._snd_una, self.cc.cwnd)
 
     def _update_window(self, seg: Segment, force: bool = False) -> None:
         """RFC 9293 3.10.7.4 fifth: update SND.WND if the segment is newer (SND.WL1/WL2)."""
@@ -1130,7 +1142,9 @@ class Connection:
             self._undo_retrans = 0
             if self.ts_ok:
                 self._eifel_tsval = self._ts_now(now)  # RFC 3522: the retransmission's TSval
-        self.cc.on_rto(now=now, in_flight=sb.pipe + sb.lost_bytes)
+        # RFC 5681 3.1: when a segment the timer already retransmitted times out again,
+        # ssthresh is held constant; only cwnd goes back to one segment.
+        self.cc.on_rto(now=now, in_flight=self._reduction_flight(), repeated=self._rto_retries > 1)
         sb.mark_all_lost()
         self.rack.reset_cursor()
         self._recovery_point = None

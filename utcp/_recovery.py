@@ -208,7 +208,7 @@ class Prr:
     __slots__ = ("delivered", "out", "quota", "recover_fs")
 
     def __init__(self, recover_fs: int) -> None:
-        self.recover_fs = max(recover_fs, 1)  # RFC 6937 3: RecoverFS = pipe at the start
+        self.recover_fs = max(recover_fs, 1)  # RFC 9937: RecoverFS = pipe at the start
         self.delivered = 0  # prr_delivered
         self.out = 0  # prr_out
         self.quota = 0  # sndcnt left for this ACK

@@ -138,3 +138,61 @@ def test_ledbat_yields_to_cubic() -> None:
     got_s = scavenger.received_between(15.0, 30.0)
     got_p = primary.received_between(15.0, 30.0)
     assert got_p / (got_s + got_p) > 0.8  # together, it yields
+
+
+def test_loss_response_is_beta_times_flight_size_at_most_cwnd() -> None:
+    # RFC 9438 4.6 / RFC 5681 3.1: ssthresh = beta * FlightSize, where FlightSize counts
+    # data SACKed before the loss was detected (RFC 5681 2) but not data that SACKs let
+    # out beyond cwnd (RFC 5681 3.2, limited transmit). So the cut is beta * cwnd for a
+    # cwnd-limited sender even when much of its window was SACKed or still waiting for the
+    # pacer, where the pipe alone would cut deeper.
+    drop = DropNth(lambda n, seg: n == 3000)
+    config = Config(congestion_control="cubic")
+    pair = HostPair(seed=1, link=PATH, reverse_link=BACK, client_config=config)
+    pair.net.add_filter(drop)
+    client, server = pair.connect()
+    cc = client.cc
+    seen: list[tuple[int, int, int, int]] = []
+    on_loss = cc.on_loss
+
+    def record(*, now: float, in_flight: int) -> None:
+        sb = client.scoreboard
+        window, flight = cc.cwnd, (client.snd_nxt - client.snd_una) % 2**32
+        on_loss(now=now, in_flight=in_flight)
+        seen.append((window, flight, sb.pipe + sb.lost_bytes, cc.ssthresh))
+
+    cc.on_loss = record  # type: ignore[method-assign]
+    data = random_payload(4, 6_000_000)
+    assert pair.transfer(data, b"", connection=(client, server)).intact
+    assert len(drop.dropped) == 1
+    assert len(seen) >= 2  # the slow-start overshoot, then the dropped segment
+    for window, flight, _pipe_and_lost, ssthresh in seen:
+        assert ssthresh == int(min(window, flight) * 0.7)
+    # At least one of them had a good part of the window SACKed: the pipe-based cut would
+    # have been deeper by more than a segment.
+    assert any(p * 0.7 < s - client.effective_mss for _w, _f, p, s in seen)
+
+
+@pytest.mark.parametrize("cc", ["newreno", "cubic"])
+def test_repeated_timeout_holds_ssthresh(cc: str) -> None:
+    # RFC 5681 3.1: when a segment the retransmission timer already resent times out
+    # again, ssthresh is held constant; cwnd stays at one segment.
+    config = Config(congestion_control=cc)
+    pair = HostPair(seed=2, link=PATH, reverse_link=BACK, client_config=config)
+    client, _server = pair.connect()
+    client.send(random_payload(5, 600_000))
+    pair.net.run(lambda: client.stats.bytes_acked >= 300_000, timeout=30.0)
+    after: list[tuple[int, int]] = []
+    on_rto = client.cc.on_rto
+
+    def record(*, now: float, in_flight: int, repeated: bool = False) -> None:
+        on_rto(now=now, in_flight=in_flight, repeated=repeated)
+        after.append((client.cc.ssthresh, client.cc.cwnd))
+
+    client.cc.on_rto = record  # type: ignore[method-assign]
+    pair.net.add_filter(lambda now, src, dst, data: True)  # the path goes dark
+    pair.net.run(lambda: client.stats.rto_expiries >= 3, timeout=60.0)
+    assert len(after) == 3
+    first = after[0][0]
+    assert first >= 2 * client.effective_mss
+    assert after == [(first, client.effective_mss)] * 3

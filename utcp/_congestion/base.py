@@ -149,10 +149,18 @@ class CongestionController(abc.ABC):
         """Deprecated alias of ``on_loss``, kept until every caller is switched."""
         self.on_loss(now=now, in_flight=in_flight)
 
-    def on_rto(self, *, now: float, in_flight: int) -> None:
-        """The retransmission timer expired; ``in_flight`` as for ``on_loss``."""
+    def on_rto(self, *, now: float, in_flight: int, repeated: bool = False) -> None:
+        """The retransmission timer expired; ``in_flight`` as for ``on_loss``.
+
+        ``repeated``: it expired again for a segment it already retransmitted. RFC 5681 3.1
+        then holds ssthresh constant: only cwnd returns to one segment (the loss window).
+        """
         self._in_recovery = False
         self.cwv.reset()
+        if repeated:
+            self.cwnd = min(self.cwnd, self.mss)
+            self._cwnd_frac = 0.0
+            return
         self._on_rto(now=now, in_flight=in_flight)
 
     def on_recovery_end(self, *, now: float, lost: int = 0) -> None:
