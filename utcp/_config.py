@@ -31,6 +31,11 @@ class Config:
         nodelay: disable Nagle's algorithm (RFC 9293 3.7.4) when True.
         delayed_ack: delayed-ACK timer (RFC 9293 3.8.6.3 allows up to 0.5 s; RFC 5681 4.2
             asks for under 0.5 s; Linux uses 40 ms).
+        quick_ack_gap: while full-sized segments arrive on average at least this far apart,
+            each one is acknowledged at once instead of every second one. Holding the first
+            of a pair would stall the sender's ACK clock for a whole inter-arrival gap (about
+            5% of the goodput of a 3 Mbit/s, 50 ms flow), and the ACKs it saves are at most
+            1/quick_ack_gap per second. 0 always delays.
         initial_rto / min_rto / max_rto: RFC 6298 (2.1), (2.4), (2.5). min_rto defaults to
             200 ms like Linux rather than RFC 6298's conservative 1 s.
         connect_timeout: give up an active open after this long (SYNs back off meanwhile).
@@ -61,6 +66,7 @@ class Config:
     timestamps: bool = True
     nodelay: bool = False
     delayed_ack: float = 0.040
+    quick_ack_gap: float = 0.001
     initial_rto: float = 1.0
     min_rto: float = 0.2
     max_rto: float = 60.0
@@ -91,6 +97,8 @@ class Config:
             raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
         if not 0 <= self.delayed_ack <= 0.5:
             raise ValueError("delayed_ack must be within 0..0.5 s (RFC 9293 3.8.6.3)")
+        if self.quick_ack_gap < 0:
+            raise ValueError("quick_ack_gap must not be negative")
         for name in ("connect_timeout", "msl", "fin_wait_2_timeout", "keepalive_idle"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

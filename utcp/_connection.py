@@ -167,6 +167,8 @@ class Connection:
         self._ack_now = False
         self._delack_deadline: float | None = None
         self._unacked_full_segments = 0
+        self._full_arrival: float | None = None  # when the last full-sized segment arrived
+        self._full_gap = 0.0  # smoothed gap between full-sized segments (gain 1/8)
         self._last_ack_sent = 0  # offset we last acknowledged (RFC 7323 Last.ACK.sent)
         self._dsack: tuple[int, int] | None = None  # RFC 2883: a duplicate to report
 
@@ -999,10 +1001,19 @@ class Connection:
 
     def _schedule_delayed_ack(self, now: float, full: bool) -> None:
         # RFC 1122 4.2.3.2 / RFC 9293 3.8.6.3: ACK at least every second full-sized segment,
-        # and within the delayed-ACK timeout.
+        # and within the delayed-ACK timeout. RFC 5681 4.2 lets a receiver ACK more often:
+        # while full-sized segments arrive sparsely (Config.quick_ack_gap), every one is.
+        sparse = False
         if full:
             self._unacked_full_segments += 1
-        if self._unacked_full_segments >= 2 or self.config.delayed_ack == 0:
+            gap_limit = self.config.quick_ack_gap
+            if self._full_arrival is not None and gap_limit > 0:
+                # One long pause moves the average by at most 10/8 of the limit.
+                gap = min(now - self._full_arrival, 10 * gap_limit)
+                self._full_gap += (gap - self._full_gap) / 8
+                sparse = self._full_gap >= gap_limit
+            self._full_arrival = now
+        if sparse or self._unacked_full_segments >= 2 or self.config.delayed_ack == 0:
             self._ack_now = True
         elif self._delack_deadline is None:
             self._delack_deadline = now + self.config.delayed_ack

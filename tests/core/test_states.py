@@ -767,6 +767,27 @@ class TestEstablishedReceive:
         assert conn.receive() == b"d" * 400
 
     @pytest.mark.parametrize(
+        ("gap", "quick_ack_gap", "size", "acks_after"),
+        [
+            (0.010, 0.001, PEER_MSS, [False, True, True, True, True]),  # sparse: each one
+            (0.0001, 0.001, PEER_MSS, [False, True, False, True, False]),  # dense: every 2nd
+            (0.010, 0.0, PEER_MSS, [False, True, False, True, False]),  # switched off
+            (0.010, 0.001, 200, [False, False, False, False, False]),  # small: delayed
+        ],
+        ids=["sparse", "dense", "off", "small"],
+    )
+    def test_sparse_full_sized_segments_are_acked_one_by_one(
+        self, gap: float, quick_ack_gap: float, size: int, acks_after: list[bool]
+    ) -> None:
+        conn = established(dataclasses.replace(CONFIG, quick_ack_gap=quick_ack_gap))
+        got = []
+        for i, _ in enumerate(acks_after):
+            now = 1.0 + i * gap
+            conn.receive_segment(peer(ACK, 1 + i * size, 1, b"s" * size), now)
+            got.append(bool(conn.segments_to_send(now)))
+        assert got == acks_after
+
+    @pytest.mark.parametrize(
         "seq", [1 + BUF, 1 + BUF + 5000, -2000, 2**31], ids=["edge", "beyond", "old", "far"]
     )
     def test_segment_outside_window_acked_and_dropped(self, seq: int) -> None:
