@@ -25,8 +25,9 @@ What is implemented, rule by rule:
   the bytes the connection reports lost during the recovery; ssthresh = cwnd, so the sender
   continues in congestion avoidance, and pipeACK becomes undefined again.
 
-Not implemented: RFC 7661 4.4.2 burst control (utcp does not pace), and the RFC 5681 4.1
-restart window, which RFC 7661 replaces: an idle sender keeps cwnd until the NVP ends.
+Not implemented: RFC 7661 4.4.2 burst control (utcp paces every window instead, see
+``Config.pacing``), and the RFC 5681 4.1 restart window, which RFC 7661 replaces: an idle
+sender keeps cwnd until the NVP ends.
 The whole mechanism is inactive until an ACK carries sequence offsets (``snd_nxt`` > 0).
 """
 
