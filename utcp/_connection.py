@@ -300,9 +300,14 @@ class Connection:
             raise UtcpStateError(f"send() in state {self.state} after shutdown or close")
         return self.sndbuf.write(data)
 
+    @property
+    def ack_pending(self) -> bool:
+        """An ACK (a window update after ``receive``, say) is waiting to be sent."""
+        return self._ack_now
+
     def receive(self, max_bytes: int = 65536) -> bytes:
         """Take up to ``max_bytes`` in-order bytes (RFC 9293 3.10.3). May create output (a
-        window update, RFC 9293 3.8.6.2.2)."""
+        window update, RFC 9293 3.8.6.2.2): then ``ack_pending`` is True."""
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         data = self.rcvbuf.read(max_bytes)

@@ -196,7 +196,8 @@ class UtcpStream(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("this stream was closed")
                 if conn.readable:
                     data = conn.receive(max_bytes or DEFAULT_RECEIVE_SIZE)
-                    self._drive()
+                    if conn.ack_pending:
+                        self._drive()  # a window update is due (the only output it makes)
                     return data
                 if conn.at_eof:
                     return b""
