@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             row = measure(cc, 0.01, 0.05, mathis_duration, seed)
             predicted = mathis_bps(int(row["mss"]), 0.05, 0.01)  # type: ignore[call-overload]
             ratios.append(float(row["goodput_mbit"]) * 1e6 / predicted)  # type: ignore[arg-type]
-            summary["mathis_reno_mbit_at_1pct_50ms"] = round(predicted / 1e6, 3)
+        summary["mathis_reno_mbit_at_1pct_50ms"] = round(predicted / 1e6, 3)
         print(f"  {cc:8} " + " ".join(f"{r:.3f}" for r in ratios))
         summary[f"{cc}_over_mathis_mean"] = round(sum(ratios) / len(ratios), 3)
         summary[f"{cc}_over_mathis_min"] = round(min(ratios), 3)

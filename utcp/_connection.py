@@ -594,12 +594,9 @@ class Connection:
             # bytes may have arrived before: report what we hold as a duplicate (RFC 2883
             # 4), so the sender can still learn that its retransmission was spurious.
             start = self._seq_offset(seg.seq)
-            end = start + len(seg.payload)
-            rcv_nxt = self.rcvbuf.nxt
-            if start < rcv_nxt:
-                self._note_duplicate(start, end, rcv_nxt)
-            elif (held := self.rcvbuf.held(start, end)) is not None:
-                self._report_duplicate(*held)
+            dup = self._already_held(start, start + len(seg.payload))
+            if dup is not None:
+                self._report_duplicate(*dup)
         return False
 
     def _check_sequence(self, seg: Segment, now: float) -> bool:
@@ -631,7 +628,8 @@ class Connection:
         if seg.flags & RST:
             return False
         if seg.payload and seg_off < rcv_nxt:
-            self._note_duplicate(seg_off, seg_off + len(seg.payload), rcv_nxt)
+            # RFC 2883 4.1.1: old data is reported in the first SACK block (a D-SACK).
+            self._report_duplicate(seg_off, min(seg_off + len(seg.payload), rcv_nxt))
         if self.state is State.TIME_WAIT and seg.flags & FIN:
             # RFC 9293 3.10.7.4: a retransmitted FIN in TIME-WAIT is acknowledged and the
             # 2 MSL timeout restarted.
@@ -964,8 +962,7 @@ class Connection:
         had_gap = rb.has_gap
         before = rb.nxt
         full = len(payload) >= self.effective_mss
-        # RFC 2883 4.1.2: a duplicate of data held out of order is reported too.
-        held = rb.held(seg_off, seg_off + len(payload)) if seg_off > before else None
+        dup = self._already_held(seg_off, seg_off + len(payload)) if seg_off != before else None
         moved = rb.insert(seg_off, payload, self._rcv_adv)
         self.stats.bytes_received += moved
         if moved:
@@ -974,24 +971,23 @@ class Connection:
             # RFC 5681 4.2 / RFC 9293 3.8.6.3: out-of-order data, or data that fills a gap,
             # is acknowledged at once.
             self._ack_now = True
-            if seg_off < before:
+            if dup is not None:
                 self.stats.dup_segments_received += 1
-                self._note_duplicate(seg_off, seg_off + len(payload), before)
-            elif held is not None:
-                # Data already held out of order: the containing SACK block follows the
-                # D-SACK block (the newest block goes first), which is how the sender tells
-                # it apart (RFC 2883 4.1.2).
-                self.stats.dup_segments_received += 1
-                self._report_duplicate(*held)
+                self._report_duplicate(*dup)
             elif seg_off > before:
                 self.stats.ooo_segments_received += 1
         else:
             self._schedule_delayed_ack(now, full)
 
-    def _note_duplicate(self, start: int, end: int, rcv_nxt: int) -> None:
-        # RFC 2883 4.1.1: report duplicate data below RCV.NXT in the first SACK block.
+    def _already_held(self, start: int, end: int) -> tuple[int, int] | None:
+        """The first run of [start, end) we hold already: below RCV.NXT (RFC 2883 4.1.1), or
+        out of order above it (4.1.2; the D-SACK block then precedes the SACK block that
+        contains it, the newest block going first, which is how the sender tells it apart).
+        """
+        rcv_nxt = self.rcvbuf.nxt
         if start < rcv_nxt:
-            self._report_duplicate(start, min(end, rcv_nxt))
+            return start, min(end, rcv_nxt)
+        return self.rcvbuf.held(start, end)
 
     def _report_duplicate(self, start: int, end: int) -> None:
         """RFC 2883 4: the next ACK's first SACK block reports [start, end) as a duplicate.
