@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 import pathlib
 import shutil
@@ -31,10 +32,12 @@ import trio.testing
 import utcp
 from utcp import Config
 from utcp._connection import SYN_SOFT_ERROR_GRACE
-from utcp._transport import UdpTransport
+from utcp._errors import ORIGIN_ICMP, KernelError
+from utcp._transport import IP_RECVERR, UdpTransport, _parse_queued_error
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLONE_NEWNET = 0x40000000  # linux/sched.h
+_netns_counter = itertools.count()
 
 # Documented default detection times (README "Dead peers and timeouts").
 DEFAULTS = Config()
@@ -147,6 +150,19 @@ async def test_refused_connect_on_a_shared_endpoint_leaves_it_healthy() -> None:
                 await server.aclose()
 
 
+async def test_open_tcp_stream_raises_a_failing_attempts_error_unwrapped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not a connection failure (here a bug inside an attempt): raised as itself, never
+    # inside an ExceptionGroup from the Happy Eyeballs nursery.
+    async def broken(*args: object, **kwargs: object) -> utcp.UtcpStream:
+        raise RuntimeError("bug inside an attempt")
+
+    monkeypatch.setattr("utcp._api.connect_on", broken)
+    with pytest.raises(RuntimeError, match="bug inside an attempt"):
+        await utcp.open_tcp_stream("127.0.0.1", closed_udp_port())
+
+
 class Netns:
     """A network namespace of our own, deleted by ``close``; only its loopback is up."""
 
@@ -155,7 +171,7 @@ class Netns:
             pytest.skip("needs root (network namespaces)")
         if shutil.which("ip") is None:
             pytest.skip("the iproute2 'ip' command is missing")
-        self.name = f"utcp-f-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+        self.name = f"utcp-f-{os.getpid()}-{next(_netns_counter)}"
         done = subprocess.run(["ip", "netns", "add", self.name], capture_output=True, timeout=10)
         if done.returncode != 0:
             pytest.skip(f"ip netns add failed: {done.stderr.decode().strip()}")
@@ -226,6 +242,62 @@ async def test_connect_to_an_unroutable_address_fails_with_its_errno_after_the_g
         assert not isinstance(info.value, TimeoutError)
         # RFC 5461: after the grace (SYNs at 0, 1 and 3 s), long before connect_timeout.
         assert SYN_SOFT_ERROR_GRACE - 0.1 <= elapsed < SYN_SOFT_ERROR_GRACE + 3.0
+
+
+@pytest.mark.root
+async def test_icmp_host_unreachable_from_a_router_fails_the_connect_after_the_grace() -> None:
+    # Two namespaces joined by a veth pair: the client's only route leads to the router,
+    # whose route to 198.19.0.0/16 is "unreachable": it answers each SYN with an ICMP host
+    # unreachable, which reaches the connection through the socket's error queue.
+    client, router = Netns(), None
+    try:
+        router = Netns()
+        veth = f"uf{os.getpid() % 100000}"
+        client.ip("link", "add", f"{veth}a", "type", "veth", "peer", "name", f"{veth}b")
+        client.ip("link", "set", f"{veth}b", "netns", router.name)
+        client.ip("addr", "add", "198.18.0.1/30", "dev", f"{veth}a")
+        client.ip("link", "set", f"{veth}a", "up")
+        client.ip("route", "add", "default", "via", "198.18.0.2")
+        router.ip("addr", "add", "198.18.0.2/30", "dev", f"{veth}b")
+        router.ip("link", "set", f"{veth}b", "up")
+        router.ip("route", "add", "unreachable", "198.19.0.0/16")
+        subprocess.run(
+            ["ip", "netns", "exec", router.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            check=True,
+            timeout=10,
+        )
+        transport = UdpTransport(client.udp_socket())
+        assert transport.error_queue
+        async with utcp.Endpoint(transport) as endpoint:
+            start = trio.current_time()
+            with pytest.raises(OSError) as info:
+                await utcp.connect_on(endpoint, ("198.19.7.7", 4433))
+            elapsed = trio.current_time() - start
+            assert info.value.errno == errno.EHOSTUNREACH
+            assert SYN_SOFT_ERROR_GRACE - 0.1 <= elapsed < SYN_SOFT_ERROR_GRACE + 3.0
+            assert transport.send_errors == 0  # every error came from the router's ICMP
+            assert endpoint.host.stats.kernel_errors >= 3
+    finally:
+        client.close()
+        if router is not None:
+            router.close()
+
+
+def test_error_queue_message_parses_into_a_kernel_error() -> None:
+    # What recvmsg(MSG_ERRQUEUE) returns for an ICMP host unreachable (type 3, code 1) from
+    # router 198.18.0.2: the quoted datagram, its destination, and a sock_extended_err
+    # followed by the offender's sockaddr_in (linux/errqueue.h).
+    if IP_RECVERR is None:
+        pytest.skip("no IP_RECVERR on this platform")
+    extended = struct.pack("=IBBBBII", errno.EHOSTUNREACH, ORIGIN_ICMP, 3, 1, 0, 0, 0)
+    offender = struct.pack("=H", socket.AF_INET) + b"\0\0" + socket.inet_aton("198.18.0.2")
+    ancdata = [(socket.IPPROTO_IP, IP_RECVERR, extended + offender + bytes(8))]
+    quoted = bytes(range(20))
+    err = _parse_queued_error(quoted, ancdata, ("198.19.7.7", 4433))
+    assert err == KernelError(
+        ("198.19.7.7", 4433), errno.EHOSTUNREACH, ORIGIN_ICMP, 3, 1, quoted, 0, "198.18.0.2"
+    )
+    assert _parse_queued_error(quoted, [], ("198.19.7.7", 4433)) is None
 
 
 # ------------------------------------------------------------------ the peer process dies
