@@ -422,7 +422,8 @@ class Connection:
         self.stats.kernel_errors += 1
         if errno_ == errno.EMSGSIZE:
             # Too big for the path or the socket: the segment was not sent, so the
-            # connection would stall on it. Said once, counted every time.
+            # connection would stall on it. Said once, counted every time, and kept as
+            # the soft error that a timeout will name.
             if not self.stats.emsgsize_errors:
                 log.warning(
                     "%d>%d: segments of %d bytes are too big to send (EMSGSIZE); lower "
@@ -432,8 +433,7 @@ class Connection:
                     self.effective_mss,
                 )
             self.stats.emsgsize_errors += 1
-            return True
-        if errno_ == errno.ECONNREFUSED:
+        elif errno_ == errno.ECONNREFUSED:
             if state is State.SYN_SENT:
                 # RFC 1122 4.2.3.9: port unreachable is a hard error; the connect fails now.
                 self._terminate(now, ConnectionRefusedError(errno_, _ERROR_TEXT[errno_]))
@@ -1708,8 +1708,9 @@ class Connection:
             and self._soft_error_time >= self._last_recv_time
         ):
             # Like Linux (tcp_write_err), a timeout names the soft error that explains it.
-            text = _ERROR_TEXT.get(self.soft_error, f"error {self.soft_error}")
-            error = ConnectionTimedOut(f"{error.reason}; last ICMP error: {text}")
+            code = self.soft_error
+            text = _ERROR_TEXT.get(code, f"error {errno.errorcode.get(code, code)}")
+            error = ConnectionTimedOut(f"{error.reason}; last network error: {text}")
         if error is not None and self.error is None:
             self.error = error
             self._events.append(ConnectionFailed(error))

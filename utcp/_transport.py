@@ -51,7 +51,6 @@ _SEND_ERRNOS = frozenset(
     {
         errno.ENETUNREACH,
         errno.EHOSTUNREACH,
-        errno.ECONNREFUSED,
         errno.EMSGSIZE,
         errno.EACCES,
         errno.EPERM,
@@ -155,26 +154,27 @@ class UdpTransport:
         return out
 
     def send(self, data: bytes, address: Address) -> bool:
-        sendto = self._sock.sendto
-        try:
+        for _attempt in range(2):
             try:
-                sendto(data, address)
+                self._sock.sendto(data, address)
+            except (BlockingIOError, InterruptedError):
+                return False
             except ConnectionRefusedError:
                 # A send is never refused by its own destination: this is the pending
                 # error of an earlier ICMP message (Linux reports it so with IP_RECVERR,
                 # its details wait in the error queue). Reporting it cleared it, and this
-                # datagram never left: send it again.
+                # datagram never left: send it again (once; TCP retransmits it anyway).
                 if not self.error_queue:
                     self.unattributed_errors += 1
-                sendto(data, address)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            # Unreachable, refused by a firewall, too big...: the datagram is lost (TCP
-            # retransmits) and the error goes to its connection through recv_errors.
-            self._send_errors += 1
-            code = exc.errno if exc.errno in _SEND_ERRNOS else errno.EIO
-            self._errors.append(KernelError((address[0], address[1]), code, quoted=bytes(data)))
+                continue
+            except OSError as exc:
+                # Unreachable, refused by a firewall, too big...: the datagram is lost (TCP
+                # retransmits) and the error goes to its connection through recv_errors.
+                self._send_errors += 1
+                code = exc.errno if exc.errno in _SEND_ERRNOS else errno.EIO
+                err = KernelError((address[0], address[1]), code, quoted=bytes(data))
+                self._errors.append(err)
+            return True
         return True
 
     def recv_errors(self, limit: int) -> list[KernelError]:

@@ -334,4 +334,5 @@ def test_emsgsize_is_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -
             host.handle_kernel_error(err, t)
     assert conn.state is State.ESTABLISHED and conn.error is None
     assert conn.stats.emsgsize_errors == 3
+    assert conn.soft_error == errno.EMSGSIZE  # a later timeout names it
     assert len([r for r in caplog.records if "EMSGSIZE" in r.message]) == 1

@@ -114,22 +114,38 @@ def source() -> Iterator[PeerProcess]:
         peer.close()
 
 
-def closed_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
+def closed_udp_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def ipv6_available() -> bool:
+    try:
+        closed_udp_port("::1")
+    except OSError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------ refused, unreachable
 
 
-async def test_connect_to_a_closed_port_is_refused_within_a_second() -> None:
-    # No UDP socket on the port: the kernel answers the SYN with an ICMP port unreachable
-    # (RFC 1122 4.2.3.9: a hard error), which fails the connect at once.
-    port = closed_udp_port()
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        pytest.param("::1", marks=pytest.mark.skipif(not ipv6_available(), reason="no ::1")),
+    ],
+)
+async def test_connect_to_a_closed_port_is_refused_within_a_second(host: str) -> None:
+    # No UDP socket on the port: the kernel answers the SYN with an ICMP (or ICMPv6) port
+    # unreachable (RFC 1122 4.2.3.9: a hard error), which fails the connect at once.
+    port = closed_udp_port(host)
     start = trio.current_time()
     with pytest.raises(ConnectionRefusedError) as info:
-        await utcp.open_tcp_stream("127.0.0.1", port)
+        await utcp.open_tcp_stream(host, port)
     assert trio.current_time() - start <= 1.0
     assert info.value.errno == errno.ECONNREFUSED
 
@@ -281,6 +297,37 @@ async def test_icmp_host_unreachable_from_a_router_fails_the_connect_after_the_g
         client.close()
         if router is not None:
             router.close()
+
+
+async def test_transport_reports_icmp_errors_and_loses_no_datagram_to_a_stale_one() -> None:
+    # With IP_RECVERR, Linux fails the next sendto with the pending error of an earlier
+    # ICMP message; the transport sends that datagram again and keeps the error's details
+    # (destination, ICMP type and code, our quoted bytes) for recv_errors.
+    transport = UdpTransport.bind(("127.0.0.1", 0))
+    try:
+        if not transport.error_queue:
+            pytest.skip("no socket error queue on this platform")
+        closed = ("127.0.0.1", closed_udp_port())
+        assert transport.send(b"q" * 20, closed)
+        await trio.sleep(0.05)  # the port unreachable comes back
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as live:
+            live.bind(("127.0.0.1", 0))
+            live.settimeout(5)
+            assert transport.send(b"after the error", live.getsockname())
+            assert live.recv(100) == b"after the error"
+        (err,) = transport.recv_errors(10)
+        assert err.destination == closed
+        assert (err.errno, err.origin, err.icmp_type, err.icmp_code) == (
+            errno.ECONNREFUSED,
+            ORIGIN_ICMP,
+            3,
+            3,
+        )
+        assert err.quoted == b"q" * 20
+        assert err.offender == "127.0.0.1"
+        assert transport.recv_errors(10) == []
+    finally:
+        transport.close()
 
 
 def test_error_queue_message_parses_into_a_kernel_error() -> None:
