@@ -479,3 +479,38 @@ async def test_default_user_timeout_fails_an_upload_to_a_vanished_peer_in_30_sec
         await server.aclose()
     finally:
         net.close()
+
+
+async def test_injected_port_unreachables_reset_a_simulated_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # utcp.testing's SimTransport takes injected kernel errors: here the port unreachables
+    # a dead peer's host would send, answering the client's keep-alive probes.
+    from utcp._wire import ACK, Segment, encode
+    from utcp.testing import LinkConfig, SimTransport, TrioNetwork, sim_stream_pair
+
+    net = TrioNetwork(seed=23, link=LinkConfig(delay=0.02))
+    try:
+        client, server = await sim_stream_pair(net)
+        transport = client.endpoint.transport
+        assert isinstance(transport, SimTransport)
+        conn = client.conn
+        assert conn.remote_address is not None
+        quoted = encode(Segment(conn.local_port, conn.remote_port, conn.snd_nxt, 0, ACK, 0))
+        dead = KernelError(conn.remote_address, errno.ECONNREFUSED, ORIGIN_ICMP, 3, 3, quoted)
+
+        async def inject() -> None:
+            for _ in range(3):
+                transport.inject_error(dead)
+                await trio.sleep(1.0)  # more than one RTO apart in all
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(inject)
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await client.receive_some(1)
+        assert isinstance(info.value.__cause__, ConnectionResetError)
+        assert client.endpoint.host.stats.kernel_errors == 3
+        await client.aclose()
+        await server.aclose()
+    finally:
+        net.close()
