@@ -186,6 +186,12 @@ async def open_tcp_stream(
     """Like ``trio.open_tcp_stream``: resolve ``host`` (IPv4 and IPv6), try the addresses
     with Happy Eyeballs (RFC 8305) staggering, and return the first connection made.
 
+    Raises, never wrapped in an ExceptionGroup: ``ConnectionRefusedError`` (a RST or a
+    port unreachable answered the SYN), ``TimeoutError`` (``Config.connect_timeout``),
+    ``OSError`` with the errno of a network or host unreachable; with several addresses
+    that all failed, one ``OSError`` (of the common type, if they agree) whose
+    ``__cause__`` is an ExceptionGroup of the attempts, as trio does.
+
     Each attempt gets its own UDP socket (bound to ``local_address`` if given) unless
     ``endpoint`` is passed, in which case every attempt shares it.
     """
@@ -197,6 +203,7 @@ async def open_tcp_stream(
     targets = await _resolve(host, port, endpoint)
     winner: UtcpStream | None = None
     errors: list[OSError] = []
+    bugs: list[Exception] = []
 
     async def attempt(family: int, addr: tuple[str, int], failed: trio.Event) -> None:
         nonlocal winner
@@ -213,6 +220,12 @@ async def open_tcp_stream(
             stream = await connect_on(ep, addr, config=cfg)
         except OSError as exc:
             errors.append(exc)
+            failed.set()
+            return
+        except Exception as exc:
+            # Not a connection failure (a bug, a bad argument): raised as itself after the
+            # nursery, never wrapped in an ExceptionGroup, like the OSErrors.
+            bugs.append(exc)
             failed.set()
             return
         finally:
@@ -232,6 +245,8 @@ async def open_tcp_stream(
                 await failed.wait()
     if winner is not None:
         return winner
+    if bugs:
+        raise bugs[0]
     raise _combine(errors, host, port)
 
 
