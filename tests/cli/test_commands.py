@@ -7,6 +7,7 @@ import json
 import random
 import signal
 import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -44,6 +45,24 @@ def test_echo_round_trips_print_latency_then_summary(spawn: Spawn, listen: str, 
     assert " p50 " in out and " p99 " in out
     assert "retransmits" in out and "state TIME-WAIT" in out  # the connection's statistics
     server.wait_for(r"echoed 3000 bytes")
+
+
+def test_pcap_records_the_datagrams_and_stats_print_on_exit(spawn: Spawn, tmp_path: Path) -> None:
+    server = spawn(cli("echo-server", "--listen", "127.0.0.1:0"))
+    port = server.port()
+    pcap = tmp_path / "echo.pcap"
+    client = spawn(cli("cat", "127.0.0.1", str(port), "--pcap", str(pcap), "--stats"))
+    code, _ = client.finish(RUN_TIMEOUT)
+    assert code == 0, client.stderr()
+    assert "connection with 127.0.0.1:" in client.stderr() and "state " in client.stderr()
+    blob = pcap.read_bytes()
+    magic, linktype = struct.unpack_from("<I", blob)[0], struct.unpack_from("<I", blob, 20)[0]
+    assert (magic, linktype) == (0xA1B2C3D4, 101)  # pcap, LINKTYPE_RAW
+    packets, offset = 0, 24
+    while offset < len(blob):
+        packets += 1
+        offset += 16 + struct.unpack_from("<I", blob, offset + 8)[0]
+    assert offset == len(blob) and packets >= 6  # handshake, FIN each way, their ACKs
 
 
 def test_cat_carries_stdin_both_ways_and_half_closes(spawn: Spawn, tmp_path: Path) -> None:

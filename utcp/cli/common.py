@@ -295,7 +295,8 @@ class Session:
             try:
                 endpoint = await self._open_endpoint((ip, port))
             except CliError as exc:
-                if ip == "::" and where.host is None and exc.code == EXIT_NETWORK:
+                no_ipv6 = exc.code in (EXIT_NETWORK, EXIT_BAD_ADDRESS)
+                if ip == "::" and where.host is None and no_ipv6:
                     continue  # no IPv6 on this machine
                 raise
             listener = await utcp.listen_on(endpoint)
@@ -323,7 +324,12 @@ class Session:
 
         async def attempt(family: int, address: tuple[str, int], failed: trio.Event) -> None:
             nonlocal winner
-            endpoint = await self._client_endpoint(family)
+            try:
+                endpoint = await self._client_endpoint(family)
+            except CliError as exc:  # e.g. no IPv6 here: the other family may still work
+                errors.append(OSError(exc.message))
+                failed.set()
+                return
             config = self.configs[family == socket.AF_INET6].replace(**config_changes)
             try:
                 stream = await utcp.connect_on(endpoint, address, config=config)
