@@ -65,6 +65,19 @@ def test_pcap_records_the_datagrams_and_stats_print_on_exit(spawn: Spawn, tmp_pa
     assert offset == len(blob) and packets >= 6  # handshake, FIN each way, their ACKs
 
 
+def test_datagrams_the_kernel_refuses_are_reported_once(spawn: Spawn) -> None:
+    # MSS 65495 on both ends: a full segment's datagram exceeds what UDP can carry (65507),
+    # so sendto fails with EMSGSIZE on every (re)transmission, as an MTU too large for the
+    # path would. The command says so once, then the round trip times out.
+    server = spawn(cli("echo-server", "--listen", "127.0.0.1:0", "--mss", "65495"))
+    port = server.port()
+    argv = ("echo", "127.0.0.1", str(port), "--mss", "65495", "--size", "200000")
+    client = spawn(cli(*argv, "--count", "1", "--timeout", "3"))
+    assert client.finish(RUN_TIMEOUT)[0] == common.EXIT_TIMED_OUT
+    warnings = [line for line in client.stderr_lines if "kernel refused to send" in line]
+    assert len(warnings) == 1 and "--mtu" in warnings[0], client.stderr()
+
+
 def test_cat_carries_stdin_both_ways_and_half_closes(spawn: Spawn, tmp_path: Path) -> None:
     to_server = random.Random(1).randbytes(300_000)
     to_client = random.Random(2).randbytes(200_000)
