@@ -37,9 +37,12 @@ def build_parser(extra_commands: Sequence[Register] = ()) -> argparse.ArgumentPa
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit status."""
-    parser = build_parser()
+def main(argv: list[str] | None = None, extra_commands: Sequence[Register] = ()) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit status.
+
+    A command's ``register`` adds a subparser whose defaults include ``func``: called with
+    the parsed arguments, it returns the exit status."""
+    parser = build_parser(extra_commands)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:

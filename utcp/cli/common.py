@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import errno
 import logging
 import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -70,6 +70,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 # looked for this often, and reported once.
 SEND_ERROR_CHECK = 1.0
 LINGER_TIMEOUT = 5.0
+MAX_FINISHED = 1000
 
 
 class CliError(Exception):
@@ -260,7 +261,8 @@ class Session:
         self.endpoints: list[utcp.Endpoint] = []
         self._client_endpoints: dict[int, utcp.Endpoint] = {}
         self.streams: dict[utcp.UtcpStream, str] = {}
-        self.finished: list[tuple[str, utcp.Statistics]] = []
+        # Closed connections' last statistics, for --stats (bounded: servers run for long).
+        self.finished: deque[tuple[str, utcp.Statistics]] = deque(maxlen=MAX_FINISHED)
         self._send_errors_reported = False
 
     def info(self, message: str) -> None:
@@ -362,12 +364,13 @@ class Session:
             yield
         finally:
             del self.streams[stream]
-            self.finished.append((name, stream.statistics()))
+            if self.args.stats:
+                self.finished.append((name, stream.statistics()))
 
     def print_statistics(self, file: TextIO, *, live_only: bool) -> None:
         rows = [(name, stream.statistics()) for stream, name in self.streams.items()]
         if not live_only:
-            rows = self.finished + rows
+            rows = [*self.finished, *rows]
         if not rows:
             print(f"{self.prog}: no connections", file=file, flush=True)
         for name, stats in rows:
@@ -457,10 +460,6 @@ def format_statistics(name: str, s: utcp.Statistics) -> str:
         f"rto {s.rto_expiries}), lost {s.lost}, reordering {s.reordering}, "
         f"drops {sum(s.drops.values())}"
     )
-
-
-def statistics_dict(s: utcp.Statistics) -> dict[str, Any]:
-    return dataclasses.asdict(s)
 
 
 # ------------------------------------------------------------------ errors
