@@ -72,7 +72,7 @@ def test_datagrams_the_kernel_refuses_are_reported_once(spawn: Spawn) -> None:
     server = spawn(cli("echo-server", "--listen", "127.0.0.1:0", "--mss", "65495"))
     port = server.port()
     argv = ("echo", "127.0.0.1", str(port), "--mss", "65495", "--size", "200000")
-    client = spawn(cli(*argv, "--count", "1", "--timeout", "3"))
+    client = spawn(cli(*argv, "--count", "1", "--timeout", "2"))
     assert client.finish(RUN_TIMEOUT)[0] == common.EXIT_TIMED_OUT
     warnings = [line for line in client.stderr_lines if "kernel refused to send" in line]
     assert len(warnings) == 1 and "--mtu" in warnings[0], client.stderr()
