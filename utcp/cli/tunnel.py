@@ -168,14 +168,13 @@ class FramedStream(trio.abc.HalfCloseableStream):
     async def send_eof(self) -> None:
         await self.stream.send_all(FRAME.pack(0))
 
-    async def _fill(self) -> bool:
+    async def _fill(self) -> None:
         data = await self.stream.receive_some(CHUNK)
         if not data:
             if self._buffer or self._remaining:
                 raise trio.BrokenResourceError("the tunnel peer closed inside a frame")
             raise trio.BrokenResourceError("the tunnel peer closed without end of file")
         self._buffer += data
-        return True
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         limit = CHUNK if max_bytes is None else max_bytes
