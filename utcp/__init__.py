@@ -24,6 +24,7 @@ from ._errors import ConnectionTimedOut, UtcpError, UtcpStateError
 from ._socket import SocketFactory, UtcpSocket, install, installed, socket, uninstall
 from ._state import State
 from ._stream import Statistics, UtcpStream
+from .messages import MessageError, MessageStream
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,8 @@ __all__ = [
     "Config",
     "ConnectionTimedOut",
     "Endpoint",
+    "MessageError",
+    "MessageStream",
     "SocketFactory",
     "State",
     "Statistics",
