@@ -310,6 +310,16 @@ class UtcpSocket(trio.socket.SocketType):
         return self._endpoint
 
     @property
+    def _sock(self) -> _stdsocket.socket:
+        # anyio's trio backend reads ``_sock`` for its ``raw_socket`` attribute (and the
+        # family and local address it derives from it): there it is the UDP socket.
+        ep = self.endpoint
+        sock = getattr(ep.transport, "_sock", None) if ep is not None else None
+        if not isinstance(sock, _stdsocket.socket):
+            raise AttributeError("this utcp socket has no UDP socket yet")
+        return sock
+
+    @property
     def stream(self) -> UtcpStream | None:
         """The ``UtcpStream`` of a connected socket."""
         return self._stream
