@@ -25,6 +25,7 @@ readiness. Use ``is_readable()``/``wait_writable()`` for real readiness.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import socket as _stdsocket
 import struct
@@ -253,6 +254,8 @@ class UtcpSocket(trio.socket.SocketType):
         self._did_shutdown_SHUT_WR = False
         self._shut_rd = False
         self._error_reported = False
+        self._waiting_to_read = False
+        self._waiting_to_write = False
         self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._release_fd = weakref.finalize(self, os.close, self._fd)
 
@@ -502,6 +505,18 @@ class UtcpSocket(trio.socket.SocketType):
 
     # ------------------------------------------------------------ data
 
+    async def _park(self, stream: UtcpStream, waiting: str) -> None:
+        # As with trio's sockets (one waiter per fd and direction), a second task waiting to
+        # read, or to write, is a BusyResourceError rather than a silent race.
+        if getattr(self, waiting):
+            what = "reading from" if waiting == "_waiting_to_read" else "writing to"
+            raise trio.BusyResourceError(f"another task is already {what} this socket")
+        setattr(self, waiting, True)
+        try:
+            await stream._lot.park()
+        finally:
+            setattr(self, waiting, False)
+
     def _connection_error(self) -> OSError | None:
         stream = self._stream
         assert stream is not None
@@ -535,11 +550,12 @@ class UtcpSocket(trio.socket.SocketType):
                     taken = conn.send(octets[:room])
                     stream._drive()
                     return taken
-                await stream._lot.park()
+                await self._park(stream, "_waiting_to_write")
 
     async def recv(self, buflen: int, flags: int = 0, /) -> bytes:
         if flags:
             raise _error(errno.EOPNOTSUPP, "utcp sockets take no recv flags")
+        buflen = operator.index(buflen)  # TypeError for a float, as socket.recv
         if buflen < 0:
             raise ValueError("negative buffersize in recv")
         await trio.lowlevel.checkpoint()
@@ -563,7 +579,7 @@ class UtcpSocket(trio.socket.SocketType):
                 raise error
             if conn.state is State.CLOSED:
                 raise _error(errno.ECONNABORTED)
-            await stream._lot.park()
+            await self._park(stream, "_waiting_to_read")
 
     async def recv_into(self, buffer: Buffer, nbytes: int = 0, flags: int = 0) -> int:
         with memoryview(buffer) as view, view.cast("B") as target:
@@ -636,7 +652,7 @@ class UtcpSocket(trio.socket.SocketType):
                 return
             if stream._send_room() > 0:
                 return
-            await stream._lot.park()
+            await self._park(stream, "_waiting_to_write")
 
     # ------------------------------------------------------------ options
 

@@ -17,6 +17,8 @@ from _dropin import MSS, Tls, assert_carried, assert_no_kernel_tcp
 
 import utcp
 from utcp import Config
+from utcp.testing import CLOGGED
+from utcp.testing._streams import fill_send_side
 
 PAYLOAD = random.Random(12).randbytes(1_000_000)
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -307,6 +309,33 @@ async def test_two_writes_per_request_do_not_stall_on_nagle() -> None:
             per_request = (trio.current_time() - start) / requests
         assert per_request < 0.015, f"{per_request * 1000:.1f} ms per request"
         nursery.cancel_scope.cancel()
+
+
+async def socket_stream_pair(
+    config: Config | None = None,
+) -> tuple[trio.SocketStream, trio.SocketStream]:
+    """trio.SocketStream on both ends of a UtcpSocket connection (trio's own classes)."""
+    with utcp.installed(utcp.SocketFactory(config)):
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with listener:
+            client = await trio.testing.open_stream_to_socket_listener(listener)
+            server = await listener.accept()
+    if config is CLOGGED:
+        for stream in (client, server):
+            sock = stream.socket
+            assert isinstance(sock, utcp.UtcpSocket) and sock.stream is not None
+            await fill_send_side(sock.stream)
+    return client, server
+
+
+async def test_trio_socket_stream_over_utcp_sockets_passes_trios_checker() -> None:
+    # trio's own stream conformance checker, run on trio.SocketStream itself: the shim
+    # gives it every socket behaviour it relies on (half-close, EOF, errors after close,
+    # cancellation of blocked sends and receives, wait_send_all_might_not_block).
+    with trio.fail_after(120):
+        await trio.testing.check_half_closeable_stream(
+            socket_stream_pair, partial(socket_stream_pair, CLOGGED)
+        )
 
 
 def test_mss_constant_matches_config() -> None:
