@@ -480,7 +480,10 @@ class UtcpSocket(trio.socket.SocketType):
             self.close()
             raise
         except OSError as exc:
-            raise os_error(exc) from exc
+            error = os_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             self._connecting = False
         if self._closed:

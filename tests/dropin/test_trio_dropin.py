@@ -71,6 +71,21 @@ async def test_trio_serve_tcp_and_open_tcp_stream_echo_over_udp() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_trio_echo_over_ipv6_loopback() -> None:
+    utcp.install()
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(partial(trio.serve_tcp, echo, 0, host="::1"))
+        address = listener.socket.getsockname()
+        assert listener.socket.family == socket.AF_INET6
+        assert len(address) == 4 and address[0] == "::1"  # (host, port, flowinfo, scope_id)
+        stream = await trio.open_tcp_stream("::1", address[1])
+        async with stream:
+            assert stream.socket.getpeername()[:2] == ("::1", address[1])
+            await stream.send_all(b"over IPv6")
+            assert await stream.receive_some() == b"over IPv6"
+        nursery.cancel_scope.cancel()
+
+
 async def test_trio_ssl_stream_over_utcp(tls: Tls) -> None:
     utcp.install()
     server_ctx = tls.server_context()
