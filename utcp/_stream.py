@@ -250,6 +250,8 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             self._lot.unpark_all()
             self.endpoint.release()
             self._drive()
+            if self._socket is not None:
+                self._socket.close()  # its descriptor, and the endpoint it may hold
 
     # ------------------------------------------------------------ socket-like extras
 

@@ -16,6 +16,7 @@ import trio.testing
 from _dropin import MSS, Tls, assert_carried, assert_no_kernel_tcp
 
 import utcp
+import utcp.testing
 from utcp import Config
 from utcp.testing import CLOGGED
 from utcp.testing._streams import fill_send_side
@@ -232,6 +233,17 @@ async def test_send_after_shut_wr_is_epipe_and_reset_is_econnreset() -> None:
     assert reset.value.errno == errno.ECONNRESET
     server.close()
     listening.close()
+
+
+async def test_closing_a_stream_closes_its_socket_view() -> None:
+    client, server = await utcp.testing.udp_stream_pair()
+    sock = client.socket
+    assert sock.fileno() > 0 and sock.stream is client
+    await client.aclose()
+    assert sock.fileno() == -1
+    server.socket.close()
+    with pytest.raises(trio.ClosedResourceError):
+        await server.receive_some()
 
 
 async def test_filenos_are_distinct_real_descriptors_until_close() -> None:
