@@ -32,7 +32,8 @@ def add_parser(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "run",
         help="run a trio program with its TCP carried over utcp",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Run an unmodified trio (or anyio-on-trio) program with every TCP "
+        "connection it makes carried over utcp, in every trio.run it starts.",
         usage="utcp run [options] (script.py | -m module) [args ...]",
     )
     parser.add_argument("--congestion", choices=available(), help="congestion control")
