@@ -11,7 +11,7 @@ import errno
 import socket as _socket
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -22,6 +22,9 @@ from ._transport import UdpTransport
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup
+
+if TYPE_CHECKING:
+    from ._socket import UtcpSocket
 
 _default_config = Config()
 
@@ -48,7 +51,18 @@ class UtcpListener(trio.abc.Listener[UtcpStream]):
         self.endpoint = endpoint
         self.port = port
         self._closed = False
+        self._socket: UtcpSocket | None = None
         endpoint.acquire()
+
+    @property
+    def socket(self) -> UtcpSocket:
+        """This listener as a listening ``utcp.UtcpSocket``, as ``trio.SocketListener.socket``
+        (so ``listeners[0].socket.getsockname()`` and trio's testing helpers work)."""
+        if self._socket is None:
+            from ._socket import UtcpSocket
+
+            self._socket = UtcpSocket._for_listener(self)
+        return self._socket
 
     async def accept(self) -> UtcpStream:
         await trio.lowlevel.checkpoint()
@@ -66,6 +80,11 @@ class UtcpListener(trio.abc.Listener[UtcpStream]):
             await ep.accept_lot(self.port).park()
 
     async def aclose(self) -> None:
+        self._close()
+        await trio.lowlevel.checkpoint()
+
+    def _close(self) -> None:
+        """The synchronous part of ``aclose`` (``UtcpSocket.close`` is synchronous)."""
         if not self._closed:
             self._closed = True
             ep = self.endpoint
@@ -74,7 +93,6 @@ class UtcpListener(trio.abc.Listener[UtcpStream]):
                 ep.accept_lot(self.port).unpark_all()
             ep.release()
             ep.drive()
-        await trio.lowlevel.checkpoint()
 
     def getsockname(self) -> tuple[str, int]:
         return self.endpoint.local_address

@@ -50,7 +50,9 @@ class Config:
             the advertised window.
         window_scaling / sack / timestamps: offer RFC 7323 window scale, RFC 2018 SACK and
             RFC 7323 timestamps in our SYN; each is used only if the peer offers it too.
-        nodelay: disable Nagle's algorithm (RFC 9293 3.7.4) when True.
+        nodelay: disable Nagle's algorithm (RFC 9293 3.7.4) when True. This is a bare
+            connection's setting (the core, a bare ``UtcpSocket``); a ``UtcpStream``, like
+            ``trio.SocketStream`` on a kernel socket, turns Nagle off when it is made.
         delayed_ack: delayed-ACK timer (RFC 9293 3.8.6.3 allows up to 0.5 s; RFC 5681 4.2
             asks for under 0.5 s; Linux uses 40 ms).
         quick_ack_gap: while full-sized segments arrive on average at least this far apart,

@@ -26,8 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-# How the command line is run; switch to [sys.executable, "-m", "utcp"] once it dispatches.
-CLI = [sys.executable, "-m", "utcp.cli"]
+CLI = [sys.executable, "-m", "utcp"]  # how every test runs the command line
 START_TIMEOUT = 20.0
 
 

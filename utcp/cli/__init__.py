@@ -1,8 +1,10 @@
-"""The ``utcp`` command line: ``echo-server``/``echo``, ``cat``, ``tunnel`` and ``speedtest``.
+"""The ``utcp`` command line: ``echo-server``/``echo``, ``cat``, ``tunnel``, ``speedtest`` and
+``run`` (the drop-in launcher).
 
-Each command lives in its own module with a ``register(subparsers)`` function; ``common``
-holds the shared flags, the ``UTCP_*`` environment rule, address parsing and the exit
-statuses. Run it as ``python -m utcp.cli COMMAND ...``; docs/cli/ has a guide per command.
+Each command lives in its own module with a ``register(subparsers)`` function (``run`` calls
+it ``add_parser``); ``common`` holds the shared flags, the ``UTCP_*`` environment rule,
+address parsing and the exit statuses. Run it as ``utcp COMMAND ...`` or
+``python -m utcp COMMAND ...``; docs/cli/ has a guide per command.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import cat, echo, speedtest, tunnel
+from .. import __version__
+from . import cat, echo, run, speedtest, tunnel
 from .common import EXIT_USAGE, apply_environment
 
 __all__ = ["build_parser", "main"]
@@ -25,12 +28,19 @@ def build_parser(extra_commands: Sequence[Register] = ()) -> argparse.ArgumentPa
     ``register(subparsers)`` functions (their flags follow the same environment rule)."""
     parser = argparse.ArgumentParser(
         prog="utcp",
-        description="TCP in user space over UDP: echo, cat, tunnel and speedtest tools.",
+        description="TCP in user space over UDP: echo, cat, tunnel, speedtest, and run (drop-in).",
         epilog="Every --flag can also be set as UTCP_FLAG in the environment "
         "(e.g. UTCP_CONGESTION=newreno); the command line wins.",
     )
+    parser.add_argument("--version", action="version", version=f"utcp {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands: list[Register] = [echo.register, cat.register, tunnel.register, speedtest.register]
+    commands: list[Register] = [
+        echo.register,
+        cat.register,
+        tunnel.register,
+        speedtest.register,
+        run.add_parser,
+    ]
     for register in [*commands, *extra_commands]:
         register(subparsers)
     apply_environment(parser, dict(os.environ))
