@@ -144,7 +144,7 @@ async def quic_serve_stream(reader: asyncio.StreamReader, writer: asyncio.Stream
 
 
 async def quic_server_main() -> None:
-    from aioquic.asyncio import serve
+    from aioquic.asyncio.server import serve
     from aioquic.quic.configuration import QuicConfiguration
 
     cert_pem, key_pem = make_certificate()
@@ -184,7 +184,7 @@ async def quic_server_main() -> None:
 
 
 async def quic_client(args: argparse.Namespace) -> Json:
-    from aioquic.asyncio import QuicConnectionProtocol
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.connection import QuicConnection
 
@@ -259,14 +259,16 @@ async def quic_measure(args: argparse.Namespace, client: Any) -> Json:
 class KcpPeer:
     """One KCP control block and the datagrams it wants sent."""
 
+    __slots__ = ("addr", "conv", "kcp", "last_heard", "outbox")
+
     def __init__(self, conv: int, addr: tuple[str, int]) -> None:
-        import kcp
+        from kcp.extension import KCP
 
         self.addr = addr
         self.conv = conv
         self.outbox: list[bytes] = []
         self.last_heard = time.monotonic()
-        self.kcp = kcp.KCP(
+        self.kcp = KCP(
             conv,
             max_transmission=KCP_MTU,
             no_delay=KCP_NODELAY,
