@@ -345,6 +345,7 @@ class Host:
         touched = self._touched
         for conn in touched:
             self._collect(conn, now)
+        self._unarmed.update(touched)  # output arms timers (RTO, persist, keepalive...)
         self._arm_touched()
         self._settle(now)
         self.woken = list(touched)
