@@ -17,7 +17,9 @@ Output: a markdown table on stdout, then one JSON line with the figures and the 
     python bench/bench_scale.py                      # N = 1,000
     python bench/bench_scale.py --connections 10000  # the full figure
 
-The server is started once and killed by PID at the end. Exit status: 0 if every
+Run it with the tree to measure first on the path (``PYTHONPATH=. python bench/...``):
+a script's own directory, not the working directory, heads ``sys.path``; the JSON records
+which ``utcp`` was measured. The server is started once and killed by PID at the end. Exit status: 0 if every
 measurement completed, 1 otherwise.
 """
 
@@ -177,6 +179,7 @@ def conditions(args: argparse.Namespace) -> Json:
         "parallel": PARALLEL,
         "echo_count": args.echo_count,
         "utcp": utcp.__version__,
+        "utcp_path": os.path.dirname(utcp.__file__),  # which tree was measured
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_avg": os.getloadavg(),
     }
