@@ -107,11 +107,18 @@ def config_overrides(settings: list[str]) -> dict[str, object]:
 
 def utcp_config(args: argparse.Namespace) -> utcp.Config:
     """The utcp config of both ends. By default Nagle is off, matching ``trio.SocketStream``,
-    which sets TCP_NODELAY on every kernel TCP stream; ``--utcp-nagle`` keeps utcp's own
-    default (Nagle on). ``--utcp-set FIELD=VALUE`` overrides any other field."""
+    which sets TCP_NODELAY on every kernel TCP stream; ``--utcp-nagle`` turns it back on
+    (``nagle_on``: a UtcpStream starts with TCP_NODELAY whatever the Config says).
+    ``--utcp-set FIELD=VALUE`` overrides any other field."""
     changes: dict[str, object] = {} if args.utcp_nagle else {"nodelay": True}
     changes.update(config_overrides(args.utcp_set))
     return utcp.Config().replace(**changes)
+
+
+def nagle_on(stream: trio.abc.HalfCloseableStream) -> None:
+    """``--utcp-nagle``: clear TCP_NODELAY on a utcp stream."""
+    if isinstance(stream, utcp.UtcpStream):
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
 
 
 @contextlib.contextmanager
@@ -228,8 +235,14 @@ async def server_main(args: argparse.Namespace) -> None:
                 )
                 port = listeners[0].socket.getsockname()[1]
             else:
+
+                async def serve_utcp(stream: trio.abc.HalfCloseableStream) -> None:
+                    if args.utcp_nagle:
+                        nagle_on(stream)
+                    await serve_stream(stream)
+
                 serve = functools.partial(
-                    utcp.serve_tcp, serve_stream, args.port, host=HOST, config=utcp_config(args)
+                    utcp.serve_tcp, serve_utcp, args.port, host=HOST, config=utcp_config(args)
                 )
                 listeners = await nursery.start(serve)
                 port = listeners[0].getsockname()[1]
@@ -445,7 +458,10 @@ async def client_main(args: argparse.Namespace) -> Json:
 
     async def connect() -> trio.abc.HalfCloseableStream:
         if args.system == "utcp":
-            return await utcp.open_tcp_stream(HOST, args.port, config=config)
+            stream = await utcp.open_tcp_stream(HOST, args.port, config=config)
+            if args.utcp_nagle:
+                nagle_on(stream)
+            return stream
         return await trio.open_tcp_stream(HOST, args.port)
 
     warmup = min(100, max(10, args.echo_count // 10))

@@ -19,8 +19,8 @@ Output: a markdown table on stdout, then one JSON line with the figures and the 
 
 Run it with the tree to measure first on the path (``PYTHONPATH=. python bench/...``):
 a script's own directory, not the working directory, heads ``sys.path``; the JSON records
-which ``utcp`` was measured. The server is started once and killed by PID at the end. Exit status: 0 if every
-measurement completed, 1 otherwise.
+which ``utcp`` was measured. The server is started once and killed by PID at the end.
+Exit status: 0 if every measurement completed, 1 otherwise.
 """
 
 from __future__ import annotations

@@ -1,8 +1,14 @@
 """A utcp echo client: send a message N times, read each echo back, time the round trips.
 
-Start a server first (``python examples/echo_server.py --port 4747``), then:
+Like ``utcp echo HOST PORT``; the older ``--host``/``--port`` flags still work. On one
+machine, start a server first (``.venv/bin/python examples/echo_server.py --listen
+127.0.0.1:4747``), then:
 
-    python examples/echo_client.py --host 127.0.0.1 --port 4747 --message hello --count 5
+    .venv/bin/python examples/echo_client.py 127.0.0.1 4747 --message hello --count 5
+
+On two machines, run the server with ``--listen 0.0.0.0:4747`` on one (UDP 4747 open in its
+firewall) and ``.venv/bin/python examples/echo_client.py SERVER 4747`` on the other; IPv6
+works the same (``--listen [::]:4747``, ``echo_client.py 2001:db8::1 4747``).
 
 Exits 0 when every echo came back intact, 1 if the server refused the connection, did not
 answer within ``--timeout`` seconds, broke the connection or echoed something else.
@@ -108,6 +114,8 @@ def summary(result: EchoResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("host_arg", nargs="?", metavar="HOST", help="server address")
+    parser.add_argument("port_arg", nargs="?", type=int, metavar="PORT", help="server port")
     parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=4747, help="server port (default: %(default)s)")
     parser.add_argument("--message", default="hello, utcp", help="text to echo")
@@ -120,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
+    if args.host_arg is not None:
+        args.host = args.host_arg.strip("[]")
+    if args.port_arg is not None:
+        args.port = args.port_arg
     if args.count < 1:
         parser.error("--count must be at least 1")
     if args.timeout <= 0:

@@ -1,10 +1,20 @@
 """A utcp echo server: every byte a client sends comes straight back, until it closes.
 
 utcp carries TCP over UDP, so the server listens on a UDP port; a client reaches it with
-``utcp.open_tcp_stream(host, port)`` (see ``echo_client.py``). Runs until Ctrl-C.
+``utcp.open_tcp_stream(host, port)`` (see ``echo_client.py``). Runs until Ctrl-C. The flags
+match ``utcp echo-server`` (``--listen [ADDR:]PORT``); ``--host``/``--port`` still work.
 
-    python examples/echo_server.py --host 127.0.0.1 --port 4747
-    python examples/echo_server.py --port 0        # any free port; the chosen one is logged
+On one machine (two terminals):
+
+    .venv/bin/python examples/echo_server.py --listen 127.0.0.1:4747
+    .venv/bin/python examples/echo_client.py 127.0.0.1 4747
+
+On two machines: on the server (UDP port 4747 open in its firewall)
+
+    .venv/bin/python examples/echo_server.py --listen 0.0.0.0:4747     # or [::]:4747
+
+and on the client ``.venv/bin/python examples/echo_client.py SERVER 4747 --count 10``.
+``--listen 127.0.0.1:0`` picks any free port and logs it.
 """
 
 from __future__ import annotations
@@ -132,8 +142,24 @@ async def run(host: str, port: int, config: utcp.Config) -> int:
     return 0
 
 
+def parse_listen(text: str) -> tuple[str | None, int]:
+    """``[ADDR:]PORT`` as ``utcp echo-server --listen`` takes it (IPv6 in brackets)."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"expected [IPv6]:PORT, not {text!r}")
+        return host, int(port)
+    host, _, port = text.rpartition(":")
+    return host or None, int(port)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--listen",
+        metavar="[ADDR:]PORT",
+        help="where to listen, like utcp echo-server (default: 127.0.0.1:4747)",
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
@@ -149,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = config_from_args(args)
+        if args.listen is not None:
+            host, args.port = parse_listen(args.listen)
+            args.host = host or "0.0.0.0"
     except ValueError as exc:
         parser.error(str(exc))
     try:

@@ -11,7 +11,7 @@ import errno
 import socket as _socket
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -22,6 +22,9 @@ from ._transport import UdpTransport
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup
+
+if TYPE_CHECKING:
+    from ._socket import UtcpSocket
 
 _default_config = Config()
 
@@ -48,7 +51,18 @@ class UtcpListener(trio.abc.Listener[UtcpStream]):
         self.endpoint = endpoint
         self.port = port
         self._closed = False
+        self._socket: UtcpSocket | None = None
         endpoint.acquire()
+
+    @property
+    def socket(self) -> UtcpSocket:
+        """This listener as a listening ``utcp.UtcpSocket``, as ``trio.SocketListener.socket``
+        (so ``listeners[0].socket.getsockname()`` and trio's testing helpers work)."""
+        if self._socket is None:
+            from ._socket import UtcpSocket
+
+            self._socket = UtcpSocket._for_listener(self)
+        return self._socket
 
     async def accept(self) -> UtcpStream:
         await trio.lowlevel.checkpoint()
@@ -66,6 +80,11 @@ class UtcpListener(trio.abc.Listener[UtcpStream]):
             await ep.accept_lot(self.port).park()
 
     async def aclose(self) -> None:
+        self._close()
+        await trio.lowlevel.checkpoint()
+
+    def _close(self) -> None:
+        """The synchronous part of ``aclose`` (``UtcpSocket.close`` is synchronous)."""
         if not self._closed:
             self._closed = True
             ep = self.endpoint
@@ -74,7 +93,6 @@ class UtcpListener(trio.abc.Listener[UtcpStream]):
                 ep.accept_lot(self.port).unpark_all()
             ep.release()
             ep.drive()
-        await trio.lowlevel.checkpoint()
 
     def getsockname(self) -> tuple[str, int]:
         return self.endpoint.local_address
@@ -195,6 +213,12 @@ async def open_tcp_stream(
     """Like ``trio.open_tcp_stream``: resolve ``host`` (IPv4 and IPv6), try the addresses
     with Happy Eyeballs (RFC 8305) staggering, and return the first connection made.
 
+    Raises, never wrapped in an ExceptionGroup: ``ConnectionRefusedError`` (a RST or a
+    port unreachable answered the SYN), ``TimeoutError`` (``Config.connect_timeout``),
+    ``OSError`` with the errno of a network or host unreachable; with several addresses
+    that all failed, one ``OSError`` (of the common type, if they agree) whose
+    ``__cause__`` is an ExceptionGroup of the attempts, as trio does.
+
     Each attempt gets its own UDP socket (bound to ``local_address`` if given) unless
     ``endpoint`` is passed, in which case every attempt shares it.
     """
@@ -206,6 +230,7 @@ async def open_tcp_stream(
     targets = await _resolve(host, port, endpoint)
     winner: UtcpStream | None = None
     errors: list[OSError] = []
+    bugs: list[Exception] = []
 
     async def attempt(family: int, addr: tuple[str, int], failed: trio.Event) -> None:
         nonlocal winner
@@ -222,6 +247,12 @@ async def open_tcp_stream(
             stream = await connect_on(ep, addr, config=cfg)
         except OSError as exc:
             errors.append(exc)
+            failed.set()
+            return
+        except Exception as exc:
+            # Not a connection failure (a bug, a bad argument): raised as itself after the
+            # nursery, never wrapped in an ExceptionGroup, like the OSErrors.
+            bugs.append(exc)
             failed.set()
             return
         finally:
@@ -241,6 +272,8 @@ async def open_tcp_stream(
                 await failed.wait()
     if winner is not None:
         return winner
+    if bugs:
+        raise bugs[0]
     raise _combine(errors, host, port)
 
 

@@ -1,13 +1,35 @@
 """Frozen per-connection configuration with documented defaults.
 
 Every knob a user can turn lives here, so a connection's behaviour is a function of its
-``Config`` plus its inputs. ``Config.replace(**changes)`` derives a variant.
+``Config`` plus its inputs. ``Config.replace(**changes)`` derives a variant. A ``Config`` is
+checked when it is built: a wrong type, a value out of range or an unknown congestion
+control raises ``TypeError``/``ValueError`` there, never later inside a connection.
+
+Dead-peer defaults. utcp is a library for interactive programs, whose users expect a dead
+peer or an unreachable address to be reported in seconds to tens of seconds, not after the
+kernel's 75 s connect timeout and 15 minutes of retransmissions; its paths also cross NATs
+whose UDP bindings expire after about 30 s of silence. So (README "Dead peers and timeouts"):
+
+- ``connect_timeout`` 30 s. RFC 9293 3.8.3 (MUST-23) wants a SYN retransmitted for at least
+  3 minutes but lets the application give up sooner; this is that application give-up.
+- ``user_timeout`` 30 s: sent data unacknowledged for 30 s fails the connection (RFC 9293
+  3.8.3 USER TIMEOUT, RFC 5482), long before ``max_retransmissions`` (15, about R2 of RFC
+  9293 3.8.3, >= 100 s) would. A peer that vanishes mid-upload is detected in 30 s, and in
+  about one RTO when its host answers with port unreachables (``on_kernel_error``).
+- ``keepalive`` on, 20 s idle, 5 s interval, 3 probes: a silent peer is detected 35 s after
+  it went quiet, and an idle connection sends a probe before a 30 s NAT binding expires
+  (even if the first probe is lost). RFC 4787 REQ-5 asks NATs for 2 minutes at least, but
+  many use less. This departs on purpose from RFC 9293 3.8.4 (MUST-24: keep-alives off by
+  default), written for kernel TCP whose paths rarely expire; it stays switchable per
+  connection (``SO_KEEPALIVE``, ``TCP_KEEPIDLE``...) and per ``Config``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
+from . import _congestion
 
 # WIRE.md "Sizes": 1500 - 20 (IPv4) - 8 (UDP) - 20 (TCP) and 1500 - 40 (IPv6) - 8 - 20.
 DEFAULT_MSS_IPV4 = 1452
@@ -28,7 +50,9 @@ class Config:
             the advertised window.
         window_scaling / sack / timestamps: offer RFC 7323 window scale, RFC 2018 SACK and
             RFC 7323 timestamps in our SYN; each is used only if the peer offers it too.
-        nodelay: disable Nagle's algorithm (RFC 9293 3.7.4) when True.
+        nodelay: disable Nagle's algorithm (RFC 9293 3.7.4) when True. This is a bare
+            connection's setting (the core, a bare ``UtcpSocket``); a ``UtcpStream``, like
+            ``trio.SocketStream`` on a kernel socket, turns Nagle off when it is made.
         delayed_ack: delayed-ACK timer (RFC 9293 3.8.6.3 allows up to 0.5 s; RFC 5681 4.2
             asks for under 0.5 s; Linux uses 40 ms).
         quick_ack_gap: while full-sized segments arrive on average at least this far apart,
@@ -38,17 +62,23 @@ class Config:
             1/quick_ack_gap per second. 0 always delays.
         initial_rto / min_rto / max_rto: RFC 6298 (2.1), (2.4), (2.5). min_rto defaults to
             200 ms like Linux rather than RFC 6298's conservative 1 s.
-        connect_timeout: give up an active open after this long (SYNs back off meanwhile).
+        connect_timeout: give up an active open after this long (SYNs back off meanwhile);
+            30 s, the application's give-up that RFC 9293 3.8.3 (MUST-23) allows (module
+            docstring).
         max_retransmissions: consecutive RTO expiries before the connection is timed out
             (RFC 9293 3.8.3 "R2"; Linux's tcp_retries2 is 15).
         user_timeout: if set, fail the connection when sent data stays unacknowledged this
-            long (RFC 9293 3.8.3 USER TIMEOUT, RFC 5482 semantics).
+            long (RFC 9293 3.8.3 USER TIMEOUT, RFC 5482 semantics); 30 s by default (module
+            docstring), None leaves it to ``max_retransmissions``.
         msl: maximum segment lifetime; TIME-WAIT lasts 2 * msl (RFC 9293 3.4.2).
         fin_wait_2_timeout: how long an orphaned connection (closed by the application) waits
             in FIN-WAIT-2 for the peer's FIN (Linux tcp_fin_timeout).
         keepalive, keepalive_idle, keepalive_interval, keepalive_count: RFC 9293 3.8.4 and
-            RFC 1122 4.2.3.6; off by default, idle default 2 hours.
-        congestion_control: name of the congestion controller.
+            RFC 1122 4.2.3.6. On by default with 20 s idle, 5 s interval and 3 probes, a
+            deliberate departure from RFC 9293 MUST-24 for NAT bindings and dead peers
+            (module docstring); kernel TCP's values are off, 7200 s, 75 s and 9.
+        congestion_control: name of the congestion controller, one of
+            ``utcp.available_congestion_controls()``.
         initial_window: initial congestion window in segments (RFC 6928).
         tail_loss_probe: RFC 8985 7 tail loss probes (with SACK): a lost last segment is
             probed for after about 2 SRTT instead of waiting for the RTO (Linux
@@ -70,15 +100,18 @@ class Config:
     initial_rto: float = 1.0
     min_rto: float = 0.2
     max_rto: float = 60.0
-    connect_timeout: float = 75.0
+    # Dead-peer defaults: see the module docstring and README "Dead peers and timeouts".
+    connect_timeout: float = 30.0
     max_retransmissions: int = 15
-    user_timeout: float | None = None
+    user_timeout: float | None = 30.0
     msl: float = 30.0
     fin_wait_2_timeout: float = 60.0
-    keepalive: bool = False
-    keepalive_idle: float = 7200.0
-    keepalive_interval: float = 75.0
-    keepalive_count: int = 9
+    # RFC 9293 3.8.4 MUST-24 says off by default; on here for NATs (RFC 4787 REQ-5 and
+    # the ~30 s bindings met in practice) and for receivers whose peer died.
+    keepalive: bool = True
+    keepalive_idle: float = 20.0
+    keepalive_interval: float = 5.0
+    keepalive_count: int = 3
     congestion_control: str = "cubic"
     initial_window: int = 10
     pacing: bool = True
@@ -86,6 +119,12 @@ class Config:
     challenge_ack_limit: int = 100
 
     def __post_init__(self) -> None:
+        self._check_types()
+        if self.congestion_control.lower() not in _congestion.available():
+            raise ValueError(
+                f"unknown congestion control {self.congestion_control!r}; "
+                f"available: {', '.join(_congestion.available())}"
+            )
         if self.mss is not None and not 64 <= self.mss <= 65495:
             raise ValueError(f"mss must be in 64..65495, not {self.mss}")
         for name in ("send_buffer_size", "receive_buffer_size"):
@@ -108,6 +147,26 @@ class Config:
             raise ValueError("user_timeout must be positive or None")
         if self.max_retransmissions < 1 or self.initial_window < 1:
             raise ValueError("max_retransmissions and initial_window must be >= 1")
+
+    def _check_types(self) -> None:
+        """Each field against its annotation: bool, int (not bool), float (int accepted),
+        str, optionally None."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kinds = str(f.type).replace(" ", "").split("|")
+            if value is None and "None" in kinds:
+                continue
+            kind = kinds[0]
+            if kind == "bool":
+                ok = isinstance(value, bool)
+            elif kind == "int":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif kind == "float":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, str)
+            if not ok:
+                raise TypeError(f"Config.{f.name} must be {f.type}, not {value!r}")
 
     def replace(self, **changes: object) -> Config:
         """A copy with ``changes`` applied (validated like the original)."""

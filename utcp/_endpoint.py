@@ -35,7 +35,9 @@ import logging
 import math
 import os
 import secrets
+import time
 from collections import deque
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import trio
@@ -59,7 +61,7 @@ class Endpoint:
     Created with ``await utcp.open_endpoint(...)`` (or implicitly by ``open_tcp_stream`` and
     ``open_tcp_listeners``). Its I/O runs in a trio system task from creation until
     ``aclose()``, or until nothing uses it any more and its last connection has closed
-    (connections in TIME-WAIT keep answering until then).
+    (connections in TIME-WAIT keep answering until then). ``async with`` closes it on exit.
     """
 
     def __init__(
@@ -82,6 +84,10 @@ class Endpoint:
             self.config, address=self.local_address, isn_key=isn_key or secrets.token_bytes(16)
         )
         self.pcap = pcap
+        # pcap records carry wall-clock time: trio's clock plus this offset, taken once
+        # at open so that the records keep trio's monotonic spacing.
+        self._pcap_clock = time.time() - trio.current_time()
+        self._send_errors_seen = 0
         self.closed = False
         self.streams: dict[Connection, UtcpStream] = {}
         self._auto_close = auto_close
@@ -108,6 +114,21 @@ class Endpoint:
             return
         if not self.host.connections and not self.host.listeners:
             self._shutdown()
+
+    def getsockname(self) -> Address:
+        """The endpoint's UDP address (as bound: the port is the real one)."""
+        return self.local_address
+
+    async def __aenter__(self) -> Endpoint:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Close now: live connections are aborted (RST), TIME-WAIT ones forgotten."""
@@ -188,8 +209,9 @@ class Endpoint:
         if batch:
             if self.pcap is not None:
                 for data, addr in batch:
-                    self.pcap.write(now, addr, self.local_address, data)
+                    self.pcap.write(now + self._pcap_clock, addr, self.local_address, data)
             self.host.receive_datagrams(batch, now)
+        self._kernel_errors(now)
         self.drive(now)
         return len(batch) == RECV_BATCH
 
@@ -207,11 +229,20 @@ class Endpoint:
             if deadline is not None and deadline <= now:
                 self.host.handle_timer(now)
             self._flush(now)
+            if self.transport.send_errors != self._send_errors_seen:
+                self._kernel_errors(now)  # what the sends just now drew
+                self._flush(now)  # wakes the tasks of the connections they failed
         finally:
             self._driving = False
         if self._wait_scope is not None:
             self._wait_scope.deadline = self._deadline()
         self._maybe_finish()
+
+    def _kernel_errors(self, now: float) -> None:
+        """Hand what the kernel reported about our datagrams to their connections."""
+        self._send_errors_seen = self.transport.send_errors
+        for err in self.transport.recv_errors(RECV_BATCH):
+            self.host.handle_kernel_error(err, now)
 
     def _deadline(self) -> float:
         deadline = self.host.next_timer()
@@ -231,7 +262,7 @@ class Endpoint:
                 return  # the I/O task waits for writability, then flushes again
             out.popleft()
             if pcap is not None:
-                pcap.write(now, self.local_address, addr, data)
+                pcap.write(now + self._pcap_clock, self.local_address, addr, data)
 
     def _dispatch(self) -> None:
         """Wake the tasks of the connections the last flush looked at, and the accept lots

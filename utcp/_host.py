@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from ._config import Config
 from ._connection import Connection, reset_for
+from ._errors import KernelError
 from ._seq import seq_gt
 from ._state import SYNCHRONIZED, State
 from ._wire import ACK, RST, SYN, DecodeError, Segment, decode_untrusted, encode
@@ -65,6 +66,9 @@ class HostStats:
     resets_rate_limited: int = 0
     syns_dropped_backlog: int = 0
     connection_failures: int = 0  # connections aborted because the core raised inside them
+    kernel_errors: int = 0  # ICMP errors and failed sends reported by the transport
+    kernel_errors_unmatched: int = 0  # of which: no connection (or several) to blame
+    kernel_errors_ignored: int = 0  # of which: the connection had no such segment in flight
     drops: dict[str, int] = field(default_factory=dict)
 
 
@@ -236,6 +240,46 @@ class Host:
                     self.stats.malformed_drops += 1
                 continue
             self._demux(seg, addr, now)
+        self._settle(now)
+
+    def handle_kernel_error(self, err: KernelError, now: float) -> None:
+        """Hand an ICMP error or failed send to the connection it concerns (RFC 1122
+        4.2.3.9). May fail that connection; creates no output.
+
+        The quoted datagram is our own segment: its source port is our TCP port, its
+        destination port the peer's. RFC 5927 4.1: an error must match a connection's
+        4-tuple, and the connection checks the quoted sequence number; anything else is
+        counted and changes nothing. An error quoting no ports (an ICMP message that kept
+        only 8 bytes of UDP) is taken by the one connection to that address, if only one.
+        """
+        self.stats.kernel_errors += 1
+        addr = err.destination
+        quoted = err.quoted or b""
+        seq: int | None = None
+        conn: Connection | None = None
+        if len(quoted) >= 4:
+            lport = int.from_bytes(quoted[0:2], "big")
+            rport = int.from_bytes(quoted[2:4], "big")
+            conn = self.connections.get((addr, rport, lport))
+            if len(quoted) >= 8:
+                seq = int.from_bytes(quoted[4:8], "big")
+        else:
+            to_peer = [c for c in self.connections.values() if c.remote_address == addr]
+            conn = to_peer[0] if len(to_peer) == 1 else None
+        if conn is None:
+            self.stats.kernel_errors_unmatched += 1
+            self._count_drop("kernel error for no connection")
+            log.debug("kernel error %d for %s matches no connection", err.errno, addr)
+            return
+        self.touch(conn)
+        try:
+            taken = conn.on_kernel_error(now, err.errno, seq=seq)
+        except Exception as exc:
+            self._fail(conn, exc, now)
+            return
+        if not taken:
+            self.stats.kernel_errors_ignored += 1
+            return
         self._settle(now)
 
     def _demux(self, seg: Segment, addr: Address, now: float) -> None:

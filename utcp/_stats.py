@@ -35,4 +35,6 @@ class ConnectionStats:
     resets_sent: int = 0
     checksum_drops: int = 0
     malformed_drops: int = 0
+    kernel_errors: int = 0  # ICMP errors and failed sends that concerned this connection
+    emsgsize_errors: int = 0  # of which: segments too big to send (EMSGSIZE)
     drops: dict[str, int] = field(default_factory=dict)

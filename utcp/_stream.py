@@ -15,8 +15,11 @@ from ._state import SYNCHRONIZED, State
 if TYPE_CHECKING:
     from ._connection import Connection
     from ._endpoint import Endpoint
+    from ._socket import UtcpSocket
 
 DEFAULT_RECEIVE_SIZE = 65536
+# What trio.SocketStream sets on a kernel socket: TCP_NODELAY on and TCP_NOTSENT_LOWAT 16 KiB.
+DEFAULT_NOTSENT_LOWAT = 1 << 14
 
 # Option numbers as Linux defines them, for platforms whose socket module lacks some.
 SOL_SOCKET = _socket.SOL_SOCKET
@@ -75,6 +78,11 @@ class UtcpStream(trio.abc.HalfCloseableStream):
     for sending, after ``send_eof``), ``trio.BrokenResourceError`` with the cause chained
     (ConnectionResetError, TimeoutError...) when the peer or the network broke it, and
     ``trio.BusyResourceError`` when two tasks send (or receive) at once.
+
+    Like ``trio.SocketStream`` on a kernel socket it starts with Nagle off (TCP_NODELAY)
+    and TCP_NOTSENT_LOWAT at 16 KiB, whatever ``Config.nodelay`` says, so code moved from
+    kernel TCP keeps its latency; ``setsockopt`` changes either. ``socket`` is the stream
+    as a ``utcp.UtcpSocket``, as ``trio.SocketStream.socket`` is.
     """
 
     __slots__ = (
@@ -84,6 +92,7 @@ class UtcpStream(trio.abc.HalfCloseableStream):
         "_lot",
         "_recv_busy",
         "_send_busy",
+        "_socket",
         "_sockname",
         "conn",
         "endpoint",
@@ -100,7 +109,9 @@ class UtcpStream(trio.abc.HalfCloseableStream):
         self._recv_busy = False
         self._detached_when_closed = False
         self._sockname: tuple[str, int] | None = None
-        self.notsent_lowat: int | None = None
+        self._socket: UtcpSocket | None = None
+        conn.nodelay = True
+        self.notsent_lowat: int | None = DEFAULT_NOTSENT_LOWAT
         endpoint.streams[conn] = self
         endpoint.acquire()
 
@@ -245,6 +256,11 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             self._send_busy = False
 
     async def aclose(self) -> None:
+        self._close()
+        await trio.lowlevel.checkpoint()
+
+    def _close(self) -> None:
+        """The synchronous part of ``aclose`` (``UtcpSocket.close`` is synchronous)."""
         if not self._closed:
             self._closed = True
             self._detached_when_closed = True
@@ -253,9 +269,19 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             self._lot.unpark_all()
             self.endpoint.release()
             self._drive()
-        await trio.lowlevel.checkpoint()
+            if self._socket is not None:
+                self._socket.close()  # its descriptor, and the endpoint it may hold
 
     # ------------------------------------------------------------ socket-like extras
+
+    @property
+    def socket(self) -> UtcpSocket:
+        """This stream as a ``trio.socket.SocketType`` (closing one closes the other)."""
+        if self._socket is None:
+            from ._socket import UtcpSocket
+
+            self._socket = UtcpSocket._for_stream(self)
+        return self._socket
 
     def getsockname(self) -> tuple[str, int]:
         """Our UDP address (the TCP port is ``conn.local_port``).

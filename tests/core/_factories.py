@@ -40,6 +40,13 @@ REMOTE_ISS = 2**32 - 100  # the peer's (our IRS)
 # Our side: a 256 KiB receive buffer needs window scale 3 (65535 << 2 < 2**18).
 # Pacing and tail loss probes off: these tables pin down every segment and timer RFC 9293
 # and RFC 6298 prescribe; pacing and RACK-TLP have their own tests (test_recovery.py).
+# Kernel TCP's dead-peer settings (keep-alives off, no user timeout, 75 s connect timeout)
+# rather than utcp's defaults: the tables turn each timer on where they test it.
+KERNEL_TIMEOUTS: dict[str, Any] = {
+    "keepalive": False,
+    "user_timeout": None,
+    "connect_timeout": 75.0,
+}
 CONFIG = Config(
     receive_buffer_size=1 << 18,
     delayed_ack=0.125,
@@ -47,6 +54,7 @@ CONFIG = Config(
     fin_wait_2_timeout=8.0,
     pacing=False,
     tail_loss_probe=False,
+    **KERNEL_TIMEOUTS,
 )
 LOCAL_MSS = 1452  # WIRE.md, IPv4
 LOCAL_WSCALE = 3
@@ -62,6 +70,7 @@ PEER_CONFIG = Config(
     timestamps=False,
     pacing=False,
     tail_loss_probe=False,
+    **KERNEL_TIMEOUTS,
 )
 PEER_TS = 7_000_000  # the peer's timestamp clock at T_SYN in the timestamp variants
 

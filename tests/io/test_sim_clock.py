@@ -93,7 +93,10 @@ async def test_keepalive_detects_a_dead_peer_after_two_hours(
 ) -> None:
     net = TrioNetwork(seed=13, link=LinkConfig(delay=DELAY))
     try:
-        config = Config(keepalive=True)  # 2 h idle, 75 s interval, 9 probes
+        # Kernel TCP's keep-alive times: 2 h idle, 75 s interval, 9 probes.
+        config = Config(
+            keepalive=True, keepalive_idle=7200.0, keepalive_interval=75.0, keepalive_count=9
+        )
         client, server = await sim_stream_pair(net, client_config=config)
         start = trio.current_time()
         server_addr: Address = server.endpoint.local_address
@@ -117,7 +120,9 @@ async def test_keepalive_keeps_a_live_idle_connection(
 ) -> None:
     net = TrioNetwork(seed=14, link=LinkConfig(delay=DELAY))
     try:
-        config = Config(keepalive=True)
+        config = Config(
+            keepalive=True, keepalive_idle=7200.0, keepalive_interval=75.0, keepalive_count=9
+        )
         client, server = await sim_stream_pair(net, client_config=config)
         with trio.move_on_after(5 * 3600):
             await client.receive_some(1)  # nothing arrives for five hours...

@@ -5,6 +5,7 @@ Nothing in `utcp` imports this package.
 
 from __future__ import annotations
 
+from utcp.testing._dropin import SimBinder, sim_socket_factory
 from utcp.testing._network import (
     Address,
     GilbertElliott,
@@ -39,6 +40,7 @@ __all__ = [
     "Node",
     "PcapSink",
     "Side",
+    "SimBinder",
     "SimNetwork",
     "SimTransport",
     "SimulationTimeout",
@@ -46,6 +48,7 @@ __all__ = [
     "TransferResult",
     "TrioNetwork",
     "random_payload",
+    "sim_socket_factory",
     "sim_stream_pair",
     "udp_stream_pair",
 ]

@@ -15,6 +15,7 @@ import trio
 
 from .._config import Config
 from .._endpoint import Endpoint
+from .._errors import KernelError
 from ._network import Address, LinkConfig, SimNetwork
 
 
@@ -27,6 +28,7 @@ class SimTransport:
         self.address = address
         self._inbox: deque[tuple[bytes, Address]] = deque()
         self._outbox: list[tuple[bytes, Address]] = []
+        self._errors: deque[KernelError] = deque()
         self._readable = trio.lowlevel.ParkingLot()
         self.closed = False
 
@@ -51,6 +53,17 @@ class SimTransport:
         inbox = self._inbox
         return [inbox.popleft() for _ in range(min(limit, len(inbox)))]
 
+    def inject_error(self, error: KernelError) -> None:
+        """Queue an error as the kernel would (an ICMP error, a failed send): the endpoint
+        takes it with ``recv_errors`` on its next drive step."""
+        if not self.closed:
+            self._errors.append(error)
+            self._readable.unpark_all()
+
+    def recv_errors(self, limit: int) -> list[KernelError]:
+        errors = self._errors
+        return [errors.popleft() for _ in range(min(limit, len(errors)))]
+
     def send(self, data: bytes, address: Address) -> bool:
         if not self.closed:
             self._outbox.append((data, address))
@@ -58,7 +71,7 @@ class SimTransport:
         return True
 
     async def wait_readable(self) -> None:
-        while not self._inbox:
+        while not self._inbox and not self._errors:
             if self.closed:
                 raise trio.ClosedResourceError("simulated socket closed")
             await self._readable.park()

@@ -1,0 +1,3 @@
+from cli_helpers import spawn
+
+__all__ = ["spawn"]

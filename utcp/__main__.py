@@ -1,0 +1,10 @@
+"""``python -m utcp`` and the ``utcp`` console script: ``utcp COMMAND ...`` (see utcp.cli)."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
