@@ -114,9 +114,14 @@ async def open_tcp_listeners(
     host: str | bytes | None = None,
     backlog: int | None = None,
     config: Config | None = None,
+    reuse_port: bool = False,
 ) -> list[UtcpListener]:
     """Like ``trio.open_tcp_listeners``: one listener per local address ``host`` resolves to
-    (all interfaces, IPv4 and IPv6, when None), each on its own UDP socket."""
+    (all interfaces, IPv4 and IPv6, when None), each on its own UDP socket.
+
+    ``reuse_port=True`` binds with ``SO_REUSEPORT`` so that several processes (one per core,
+    say) serve one UDP port: the kernel hashes each peer's UDP 4-tuple to one socket, so
+    every segment of a connection reaches the process that accepted it."""
     if not isinstance(port, int):
         raise TypeError(f"port must be an int not {port!r}")
     addrs = await trio.socket.getaddrinfo(
@@ -131,7 +136,7 @@ async def open_tcp_listeners(
                 continue
             seen.add((family, ip))
             try:
-                transport = UdpTransport.bind((ip, int(sockaddr[1])), family)
+                transport = UdpTransport.bind((ip, int(sockaddr[1])), family, reuse_port=reuse_port)
             except OSError as exc:
                 if exc.errno == errno.EAFNOSUPPORT:
                     continue  # e.g. IPv6 disabled on this machine, as trio does
@@ -158,11 +163,15 @@ async def serve_tcp(
     backlog: int | None = None,
     handler_nursery: trio.Nursery | None = None,
     config: Config | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[list[UtcpListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Like ``trio.serve_tcp``: listen and run ``handler(stream)`` for each connection.
-    Use with ``nursery.start`` to learn the listeners (and so the port) once bound."""
-    listeners = await open_tcp_listeners(port, host=host, backlog=backlog, config=config)
+    Use with ``nursery.start`` to learn the listeners (and so the port) once bound.
+    ``reuse_port``: see ``open_tcp_listeners``."""
+    listeners = await open_tcp_listeners(
+        port, host=host, backlog=backlog, config=config, reuse_port=reuse_port
+    )
     await trio.serve_listeners(
         handler, listeners, handler_nursery=handler_nursery, task_status=task_status
     )

@@ -382,8 +382,9 @@ class Connection:
         if self.state is State.FIN_WAIT_2:
             self._finwait2_deadline = now + self.config.fin_wait_2_timeout
 
-    def abort(self, now: float) -> None:
-        """RFC 9293 3.10.5 ABORT: send a RST where the peer has state, then CLOSED."""
+    def abort(self, now: float, *, error: Exception | None = None) -> None:
+        """RFC 9293 3.10.5 ABORT: send a RST where the peer has state, then CLOSED. With
+        ``error`` the connection fails with it (``ConnectionFailed``), as on a reset."""
         if self.state in (
             State.SYN_RECEIVED,
             State.ESTABLISHED,
@@ -392,7 +393,7 @@ class Connection:
             State.CLOSE_WAIT,
         ):
             self._queue_rst(self.snd_nxt)
-        self._terminate(now, None)
+        self._terminate(now, error)
 
     def on_kernel_error(self, now: float, errno_: int, *, seq: int | None = None) -> bool:
         """An error the kernel reported about a segment we sent to this connection's peer:

@@ -4,6 +4,29 @@ The one drive step (STYLE.md rule 2): feed what arrived, fire due timers, flush 
 cores want to send, wake the tasks whose connections produced events, re-arm the timer.
 Application calls drive synchronously right after they touch a connection, so the I/O task
 only ever waits for the socket to become readable or for the next core deadline.
+
+Cost per event: a drive step looks only at the connections something happened to. The host
+keeps the timer heap and the set of touched connections; an application call names its
+connection (``drive(conn=...)``), and after each flush the endpoint wakes the streams of the
+connections the host lists as ``woken`` (found through the ``streams`` dict) and the accept
+lots of the listeners whose queue grew. Only ``aclose`` (or a failure of the whole endpoint)
+visits every connection.
+
+How an endpoint fails, and what each failure takes down:
+- A bug inside one connection's core (an exception from its input, timer or output
+  processing): that connection alone is aborted, its stream raises ``BrokenResourceError``
+  chained to ``ConnectionAbortedError`` chained to the exception, the peer gets a RST; the
+  endpoint and its other connections go on (``Host``, "Failure isolation").
+- The socket fails (``recv``/``send`` raise something other than the would-block and ICMP
+  errors the transport absorbs), or the transport is closed under the endpoint: every
+  connection fails with ``ConnectionAbortedError`` chained to that error, waiting streams
+  raise ``BrokenResourceError``, listeners raise ``BrokenResourceError``, and the endpoint
+  closes. The error is logged once.
+- A bug in the endpoint or host outside any connection (demultiplexing, the timer heap): the
+  same as a socket failure, since no single connection can be blamed.
+- A full socket send buffer is no failure: the I/O task waits until it is writable.
+- ``aclose()``: live connections are reset; their streams raise ``BrokenResourceError``
+  ("the endpoint was closed"), closed ones ``ClosedResourceError``.
 """
 
 from __future__ import annotations
@@ -111,12 +134,8 @@ class Endpoint:
         """Close now: live connections are aborted (RST), TIME-WAIT ones forgotten."""
         if not self.closed:
             now = trio.current_time()
-            for conn in list(self.host.connections.values()):
-                conn.abort(now)
-            for port in list(self.host.listeners):
-                self.host.unlisten(port, now)
+            self.host.abort_all(now)
             self._flush(now)
-            self._dispatch()
             self._shutdown()
         await self._done.wait()
 
@@ -164,12 +183,20 @@ class Endpoint:
             self._done.set()
 
     def _fail_all(self, exc: BaseException) -> None:
-        now = trio.current_time()
-        for conn in list(self.host.connections.values()):
-            if conn.error is None:
-                conn.error = ConnectionAbortedError(f"endpoint socket failed: {exc!r}")
-            conn.abort(now)
-        self._dispatch()
+        def error() -> Exception:
+            err = ConnectionAbortedError(f"the utcp endpoint failed: {exc!r}")
+            err.__cause__ = exc
+            return err
+
+        host = self.host
+        try:
+            host.abort_all(trio.current_time(), error)
+            host.datagrams_to_send(trio.current_time())  # the socket is gone: the RSTs too
+            self._dispatch()
+        except Exception:
+            # The host itself is broken: _shutdown still wakes every task, which then finds
+            # the endpoint closed.
+            log.exception("endpoint %s: failing its connections failed", self.local_address)
 
     # ------------------------------------------------------------ the drive step
 
@@ -188,8 +215,11 @@ class Endpoint:
         self.drive(now)
         return len(batch) == RECV_BATCH
 
-    def drive(self, now: float | None = None) -> None:
-        """Fire due timers, flush output, wake waiting tasks, re-arm the timer."""
+    def drive(self, now: float | None = None, *, conn: Connection | None = None) -> None:
+        """Fire due timers, flush output, wake waiting tasks, re-arm the timer. After an
+        application call on a connection, pass it as ``conn`` so its output is collected."""
+        if conn is not None:
+            self.host.touch(conn)
         if self.closed or self._driving:
             return
         self._driving = True
@@ -201,7 +231,7 @@ class Endpoint:
             self._flush(now)
             if self.transport.send_errors != self._send_errors_seen:
                 self._kernel_errors(now)  # what the sends just now drew
-            self._dispatch()
+                self._flush(now)  # wakes the tasks of the connections they failed
         finally:
             self._driving = False
         if self._wait_scope is not None:
@@ -219,8 +249,10 @@ class Endpoint:
         return math.inf if deadline is None else deadline
 
     def _flush(self, now: float) -> None:
+        """Send what the touched connections have to send, then wake their tasks."""
         out = self._unsent
         out.extend(self.host.datagrams_to_send(now))
+        self._dispatch()
         send = self.transport.send
         pcap = self.pcap
         while out:
@@ -233,13 +265,20 @@ class Endpoint:
                 pcap.write(now + self._pcap_clock, self.local_address, addr, data)
 
     def _dispatch(self) -> None:
-        for conn, stream in list(self.streams.items()):
-            if conn._events:
-                stream._on_events()
+        """Wake the tasks of the connections the last flush looked at, and the accept lots
+        of the listeners whose queue grew (never a walk over every stream)."""
+        streams = self.streams
+        for conn in self.host.woken:
+            stream = streams.get(conn)
+            if stream is None:
+                continue
+            stream._on_events()
             if conn.state is State.CLOSED and stream._detached_when_closed:
-                del self.streams[conn]
-        for port, lot in self._accept_lots.items():
-            if self.host.accept_ready(port):
+                del streams[conn]
+        lots = self._accept_lots
+        for port in self.host.accept_changed:
+            lot = lots.get(port)
+            if lot is not None:
                 lot.unpark_all()
 
     # ------------------------------------------------------------ used by the API layer

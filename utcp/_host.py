@@ -6,13 +6,32 @@ fed ``(datagram, source address)`` batches and ``now``, and answers with ``(data
 destination)`` pairs and a timer deadline, like a single connection does.
 
 Demultiplexing key (WIRE.md "Ports"): (peer UDP address, peer TCP port, local TCP port).
+
+Cost per event (ARCHITECTURE.md, "Performance shape"): nothing here walks every connection
+except a close of the whole host (``abort_all``, ``unlisten``). A connection needs looking at
+only after something happened to it: a segment arrived, one of its timers fired, or the
+application called it. The first two the host sees itself; the third the caller reports with
+``touch(conn)``. Touched connections are flushed, their timers re-armed and their
+listener/close bookkeeping settled at the next ``datagrams_to_send``, which then lists them
+in ``woken`` (their events and states may have changed) and the listener ports whose accept
+queue grew in ``accept_changed``. Timers live in one heap of ``(deadline, tiebreak, conn)``
+entries with lazy invalidation: each connection's current deadline is remembered beside its
+one live entry, stale entries are skipped when they come up, and a deadline that moved later
+keeps its earlier entry, which is re-queued when it surfaces.
+
+Failure isolation: every call from the host into a connection is guarded. An exception from
+the core aborts that connection alone (``ConnectionAbortedError`` chained to the exception,
+a RST to the peer where it has state), is logged once with its traceback and counted in
+``HostStats.connection_failures``; the host and every other connection go on.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ._config import Config
@@ -21,6 +40,8 @@ from ._errors import KernelError
 from ._seq import seq_gt
 from ._state import SYNCHRONIZED, State
 from ._wire import ACK, RST, SYN, DecodeError, Segment, decode_untrusted, encode
+
+ErrorFactory = Callable[[], Exception]
 
 log = logging.getLogger("utcp.host")
 
@@ -44,6 +65,7 @@ class HostStats:
     resets_sent: int = 0
     resets_rate_limited: int = 0
     syns_dropped_backlog: int = 0
+    connection_failures: int = 0  # connections aborted because the core raised inside them
     kernel_errors: int = 0  # ICMP errors and failed sends reported by the transport
     kernel_errors_unmatched: int = 0  # of which: no connection (or several) to blame
     kernel_errors_ignored: int = 0  # of which: the connection had no such segment in flight
@@ -85,6 +107,23 @@ class Host:
         self._rst_tokens = float(RST_PER_SECOND)
         self._rst_time = 0.0
         self._next_ephemeral = EPHEMERAL_FIRST
+        self._now = 0.0  # the latest time we were given (for failures found outside a call)
+        # Work pending: connections touched since the last flush (insertion-ordered, so
+        # output order is deterministic), and those whose deadline may have changed since
+        # their timer was last armed.
+        self._touched: dict[Connection, None] = {}
+        self._unarmed: dict[Connection, None] = {}
+        self._pending_of: dict[Connection, _Listener] = {}  # passive opens mid-handshake
+        self._accept_grew: set[int] = set()
+        # The timer heap: see the module docstring.
+        self._timers: list[tuple[float, int, Connection]] = []
+        self._deadline: dict[Connection, float] = {}
+        self._entry: dict[Connection, tuple[float, int]] = {}
+        self._tiebreak = itertools.count()
+        self.woken: list[Connection] = []
+        """Connections the last ``datagrams_to_send`` looked at (events may be waiting)."""
+        self.accept_changed: set[int] = set()
+        """Listener ports whose accept queue grew before the last ``datagrams_to_send``."""
 
     # ------------------------------------------------------------ application side
 
@@ -104,7 +143,7 @@ class Host:
         if lst is None:
             return
         for conn in [*lst.pending, *lst.accept_queue]:
-            conn.abort(now)
+            self._abort(conn, now, None)
 
     def accept(self, port: int) -> Connection | None:
         lst = self.listeners.get(port)
@@ -132,9 +171,26 @@ class Host:
         if key in self.connections:
             raise OSError(98, f"connection {key} already exists")
         conn = self._new_connection(config or self.config, remote, rport, lport, now)
-        self.connections[key] = conn
         conn.connect(now)
+        self.connections[key] = conn
+        self.touch(conn)
         return conn
+
+    def touch(self, conn: Connection) -> None:
+        """Report an application call on ``conn`` (send, receive, shutdown, close, abort, an
+        option): the next ``datagrams_to_send`` collects its output, re-arms its timer and
+        lists it in ``woken``. Cheap; call it after every call that may create output."""
+        self._touched[conn] = None
+        self._unarmed[conn] = None
+
+    def abort_all(self, now: float, error: ErrorFactory | None = None) -> None:
+        """Abort every connection (RST where the peer has state) and stop every listener: a
+        close of the whole host. ``error()``, if given, makes each connection's error."""
+        for conn in list(self.connections.values()):
+            self._abort(conn, now, error() if error is not None else None)
+        for port in list(self.listeners):
+            self.unlisten(port, now)
+        self._settle(now)
 
     def _pick_local_port(self, remote: Address, rport: int) -> int:
         # By default a client's TCP port is its UDP port (WIRE.md); further connections to
@@ -172,6 +228,7 @@ class Host:
         self, batch: Sequence[tuple[bytes | memoryview, Address]], now: float
     ) -> None:
         """Decode, demultiplex and feed a batch. Malformed datagrams are dropped and counted."""
+        self._now = now
         for data, addr in batch:
             self.stats.datagrams_received += 1
             try:
@@ -214,7 +271,13 @@ class Host:
             self._count_drop("kernel error for no connection")
             log.debug("kernel error %d for %s matches no connection", err.errno, addr)
             return
-        if not conn.on_kernel_error(now, err.errno, seq=seq):
+        self.touch(conn)
+        try:
+            taken = conn.on_kernel_error(now, err.errno, seq=seq)
+        except Exception as exc:
+            self._fail(conn, exc, now)
+            return
+        if not taken:
             self.stats.kernel_errors_ignored += 1
             return
         self._settle(now)
@@ -223,12 +286,16 @@ class Host:
         key = (addr, seg.src_port, seg.dst_port)
         conn = self.connections.get(key)
         if conn is not None and conn.state is State.TIME_WAIT and self._reuses_time_wait(conn, seg):
-            conn.abort(now)
+            self._abort(conn, now, None)
             self._collect(conn, now)
-            del self.connections[key]
+            self._forget(conn)
             conn = None
         if conn is not None:
-            conn.receive_segment(seg, now)
+            self.touch(conn)
+            try:
+                conn.receive_segment(seg, now)
+            except Exception as exc:
+                self._fail(conn, exc, now)
             return
         lst = self.listeners.get(seg.dst_port)
         if lst is not None and seg.flags & SYN and not seg.flags & (ACK | RST):
@@ -237,9 +304,14 @@ class Host:
                 return
             conn = self._new_connection(lst.config, addr, seg.src_port, seg.dst_port, now)
             conn.listen()
-            conn.receive_segment(seg, now)
             self.connections[key] = conn
             lst.pending.add(conn)
+            self._pending_of[conn] = lst
+            self.touch(conn)
+            try:
+                conn.receive_segment(seg, now)
+            except Exception as exc:
+                self._fail(conn, exc, now)
             return
         # RFC 9293 3.10.7.1: no connection: answer anything but a RST with a RST.
         self._count_drop("no connection")
@@ -275,25 +347,54 @@ class Host:
     # ------------------------------------------------------------ timers and output
 
     def next_timer(self) -> float | None:
-        best: float | None = None
-        for conn in self.connections.values():
-            t = conn.next_timer()
-            if t is not None and (best is None or t < best):
-                best = t
-        return best
+        """The earliest deadline of any connection, or None."""
+        self._arm_touched()
+        return self._peek()
+
+    def _peek(self) -> float | None:
+        heap = self._timers
+        while heap:
+            t, n, conn = heap[0]
+            if self._entry.get(conn) != (t, n):
+                heapq.heappop(heap)  # stale: the connection re-armed or went away
+                continue
+            deadline = self._deadline[conn]
+            if deadline > t:
+                heapq.heappop(heap)  # the deadline moved later since this entry was queued
+                self._push(conn, deadline)
+                continue
+            return t
+        return None
 
     def handle_timer(self, now: float) -> None:
-        for conn in list(self.connections.values()):
-            t = conn.next_timer()
-            if t is not None and t <= now:
+        """Run the timers of the connections due at ``now`` (only those), each once. May
+        create output."""
+        self._now = now
+        self._arm_touched()
+        heap = self._timers
+        while (t := self._peek()) is not None and t <= now:
+            _, _, conn = heapq.heappop(heap)
+            del self._entry[conn], self._deadline[conn]  # re-armed at the next flush
+            self.touch(conn)
+            try:
                 conn.handle_timer(now)
+            except Exception as exc:
+                self._fail(conn, exc, now)
         self._settle(now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        """Every (datagram, destination) pair due now, from all connections."""
-        for conn in list(self.connections.values()):
+        """Every (datagram, destination) pair due now, from the connections touched since the
+        last call (see the module docstring); they become ``woken``."""
+        self._now = now
+        touched = self._touched
+        for conn in touched:
             self._collect(conn, now)
+        self._unarmed.update(touched)  # output arms timers (RTO, persist, keepalive...)
+        self._arm_touched()
         self._settle(now)
+        self.woken = list(touched)
+        touched.clear()
+        self.accept_changed, self._accept_grew = self._accept_grew, set()
         out, self._out = self._out, []
         self.stats.datagrams_sent += len(out)
         return out
@@ -301,22 +402,104 @@ class Host:
     def _collect(self, conn: Connection, now: float) -> None:
         addr = conn.remote_address
         assert addr is not None
-        for data in conn.datagrams_to_send(now):
+        try:
+            datagrams = conn.datagrams_to_send(now)
+        except Exception as exc:
+            self._fail(conn, exc, now)
+            return
+        for data in datagrams:
             self._out.append((data, addr))
 
-    def _settle(self, now: float) -> None:
-        """Move handshaken passive connections to the accept queue; forget closed ones."""
-        for lst in self.listeners.values():
-            for conn in list(lst.pending):
-                if conn.state in SYNCHRONIZED:
-                    lst.pending.discard(conn)
-                    lst.accept_queue.append(conn)
-                elif conn.state is State.CLOSED:
-                    lst.pending.discard(conn)
-        dead = [k for k, c in self.connections.items() if c.state is State.CLOSED]
-        for key in dead:
-            conn = self.connections.pop(key)
-            self._collect(conn, now)  # a final RST may still be queued
+    def _arm_touched(self) -> None:
+        unarmed = self._unarmed
+        for conn in unarmed:
+            try:
+                deadline = conn.next_timer()
+            except Exception as exc:
+                self._fail(conn, exc, self._now)
+                deadline = None
+            self._arm(conn, deadline)
+        unarmed.clear()
 
-    def connections_of(self, conns: Iterable[Connection]) -> list[Connection]:
-        return [c for c in conns if c.state is not State.CLOSED]
+    def _arm(self, conn: Connection, deadline: float | None) -> None:
+        if deadline is None or conn.state is State.CLOSED:
+            self._deadline.pop(conn, None)
+            self._entry.pop(conn, None)  # its heap entry, if any, is now stale
+            return
+        self._deadline[conn] = deadline
+        entry = self._entry.get(conn)
+        if entry is None or deadline < entry[0]:
+            self._push(conn, deadline)
+
+    def _push(self, conn: Connection, deadline: float) -> None:
+        n = next(self._tiebreak)
+        self._entry[conn] = (deadline, n)
+        heap = self._timers
+        heapq.heappush(heap, (deadline, n, conn))
+        if len(heap) > 2 * len(self._entry) + 64:
+            # Mostly stale entries: rebuild from the live ones (amortized O(1) per push).
+            heap[:] = [(t, i, c) for c, (t, i) in self._entry.items()]
+            heapq.heapify(heap)
+
+    def _settle(self, now: float) -> None:
+        """For the touched connections: move handshaken passive ones to their accept queue,
+        forget closed ones."""
+        for conn in self._touched:
+            lst = self._pending_of.get(conn)
+            if lst is not None and conn.state in SYNCHRONIZED:
+                del self._pending_of[conn]
+                lst.pending.discard(conn)
+                lst.accept_queue.append(conn)
+                self._accept_grew.add(conn.local_port)
+            elif conn.state is State.CLOSED:
+                self._forget(conn)
+
+    def _forget(self, conn: Connection) -> None:
+        """Remove ``conn`` from the demultiplexer, its listener and the timers."""
+        addr = conn.remote_address
+        assert addr is not None
+        key = (addr, conn.remote_port, conn.local_port)
+        if self.connections.get(key) is conn:
+            del self.connections[key]
+        lst = self._pending_of.pop(conn, None)
+        if lst is not None:
+            lst.pending.discard(conn)
+        self._deadline.pop(conn, None)
+        self._entry.pop(conn, None)
+
+    # ------------------------------------------------------------ failure isolation
+
+    def _abort(self, conn: Connection, now: float, error: Exception | None) -> None:
+        self.touch(conn)
+        try:
+            conn.abort(now, error=error)
+        except Exception as exc:
+            self._fail(conn, exc, now)
+
+    def _fail(self, conn: Connection, exc: Exception, now: float) -> None:
+        """The core raised inside ``conn``: abort it alone, with the exception as the cause."""
+        self.stats.connection_failures += 1
+        log.error(
+            "utcp failed inside connection %s:%d > %s:%d; aborting that connection only",
+            self.address[0],
+            conn.local_port,
+            conn.remote_address,
+            conn.remote_port,
+            exc_info=exc,
+        )
+        error = ConnectionAbortedError(f"utcp failed inside this connection: {exc!r}")
+        error.__cause__ = exc
+        self.touch(conn)
+        try:
+            conn.abort(now, error=error)
+            rst = conn.datagrams_to_send(now)  # RFC 9293 3.10.5: the peer hears a RST
+        except Exception:
+            # Too broken for an orderly abort: close it without a RST, so the peer finds out
+            # by its own timers or by the RST our next answer to it draws.
+            rst = []
+            conn.error = conn.error or error
+            conn.state = State.CLOSED
+        addr = conn.remote_address
+        assert addr is not None
+        self._out.extend((data, addr) for data in rst)
+        self._forget(conn)

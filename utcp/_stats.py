@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnectionStats:
     segments_sent: int = 0
     segments_received: int = 0

@@ -85,6 +85,20 @@ class UtcpStream(trio.abc.HalfCloseableStream):
     as a ``utcp.UtcpSocket``, as ``trio.SocketStream.socket`` is.
     """
 
+    __slots__ = (
+        "_closed",
+        "_detached_when_closed",
+        "_eof_sent",
+        "_lot",
+        "_recv_busy",
+        "_send_busy",
+        "_socket",
+        "_sockname",
+        "conn",
+        "endpoint",
+        "notsent_lowat",
+    )
+
     def __init__(self, endpoint: Endpoint, conn: Connection) -> None:
         self.endpoint = endpoint
         self.conn = conn
@@ -104,10 +118,15 @@ class UtcpStream(trio.abc.HalfCloseableStream):
     # ------------------------------------------------------------ endpoint callbacks
 
     def _on_events(self) -> None:
+        """The endpoint's per-connection wake-up: the tasks waiting on this stream wake for
+        the events the core emitted (readable data, EOF, send space, established, failed,
+        closed); a connection the core could not even close in order is CLOSED without them."""
         conn = self.conn
+        woke = False
         while conn.next_event() is not None:
-            pass
-        self._lot.unpark_all()
+            woke = True
+        if woke or conn.state is State.CLOSED:
+            self._lot.unpark_all()
 
     def _wake(self) -> None:
         self._lot.unpark_all()
@@ -115,7 +134,7 @@ class UtcpStream(trio.abc.HalfCloseableStream):
     # ------------------------------------------------------------ helpers
 
     def _drive(self) -> None:
-        self.endpoint.drive()
+        self.endpoint.drive(conn=self.conn)
 
     def _send_error(self) -> BaseException | None:
         if self._closed or self._eof_sent:

@@ -118,7 +118,14 @@ class UdpTransport:
         return True
 
     @classmethod
-    def bind(cls, address: tuple[str, int], family: int | None = None) -> UdpTransport:
+    def bind(
+        cls, address: tuple[str, int], family: int | None = None, *, reuse_port: bool = False
+    ) -> UdpTransport:
+        """A UDP socket bound to ``address``. With ``reuse_port`` it binds with
+        ``SO_REUSEPORT``: several processes (or endpoints) may bind one port, and the kernel
+        hashes each peer's 4-tuple to one of them, so a connection stays where it started."""
+        if reuse_port and not hasattr(_stdsocket, "SO_REUSEPORT"):
+            raise OSError(errno.ENOPROTOOPT, "SO_REUSEPORT is not available on this platform")
         if family is None:
             family = _stdsocket.AF_INET6 if ":" in address[0] else _stdsocket.AF_INET
         sock = _stdsocket.socket(family, _stdsocket.SOCK_DGRAM)
@@ -127,6 +134,8 @@ class UdpTransport:
                 sock.setsockopt(_stdsocket.IPPROTO_IPV6, _stdsocket.IPV6_V6ONLY, 1)
             for opt in (_stdsocket.SO_RCVBUF, _stdsocket.SO_SNDBUF):
                 sock.setsockopt(_stdsocket.SOL_SOCKET, opt, 4 << 20)
+            if reuse_port:
+                sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
             sock.bind(address)
         except BaseException:
             sock.close()

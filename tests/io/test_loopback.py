@@ -359,7 +359,7 @@ async def test_peer_reset_is_broken_resource_with_cause() -> None:
         client = await utcp.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
         server = await listener.accept()
         server.conn.abort(trio.current_time())
-        server.endpoint.drive()
+        server.endpoint.drive(conn=server.conn)  # an application call: name it
         with trio.fail_after(5), pytest.raises(trio.BrokenResourceError) as info:
             await client.receive_some(1)
         assert isinstance(info.value.__cause__, ConnectionResetError)
