@@ -39,10 +39,12 @@ class Config:
         initial_rto / min_rto / max_rto: RFC 6298 (2.1), (2.4), (2.5). min_rto defaults to
             200 ms like Linux rather than RFC 6298's conservative 1 s.
         connect_timeout: give up an active open after this long (SYNs back off meanwhile).
-        max_retransmissions: consecutive RTO expiries before the connection is timed out
-            (RFC 9293 3.8.3 "R2"; Linux's tcp_retries2 is 15).
+        max_retransmissions: consecutive RTO expiries, or zero-window probes the peer leaves
+            unanswered, before the connection is timed out (RFC 9293 3.8.3 "R2"; Linux's
+            tcp_retries2 is 15 and bounds its window probes too).
         user_timeout: if set, fail the connection when sent data stays unacknowledged this
-            long (RFC 9293 3.8.3 USER TIMEOUT, RFC 5482 semantics).
+            long, or data waits this long behind a closed window whose probes go unanswered
+            (RFC 9293 3.8.3 USER TIMEOUT, RFC 5482 semantics; Linux's TCP_USER_TIMEOUT).
         msl: maximum segment lifetime; TIME-WAIT lasts 2 * msl (RFC 9293 3.4.2).
         fin_wait_2_timeout: how long an orphaned connection (closed by the application) waits
             in FIN-WAIT-2 for the peer's FIN (Linux tcp_fin_timeout).

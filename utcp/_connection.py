@@ -57,8 +57,11 @@ log = logging.getLogger("utcp.core")
 
 # RFC 7323 2.3: the largest shift a window scale option may carry.
 MAX_WSCALE = 14
-# Retransmissions of our SYN-ACK before a half-open passive connection is dropped (Linux: 5).
-SYNACK_RETRIES = 5
+# RFC 9293 3.8.3 (MUST-23): R2 for a SYN segment lets it be retransmitted for at least 3
+# minutes. A passive half-open connection retransmits its SYN-ACK this long (Linux stops
+# after tcp_synack_retries, 5, about 63 s); an active open retransmits its SYN until the
+# application's Config.connect_timeout, which MUST-23 lets the application choose.
+SYN_R2 = 180.0
 # RFC 6298 (5.7): RTO after a lost SYN, once data transmission begins.
 RTO_AFTER_SYN_LOSS = 3.0
 # RFC 9293 3.8.6.2.1: Fs, the fraction of the peer's largest window worth sending alone.
@@ -202,6 +205,8 @@ class Connection:
         self._persist_backoff = 0
         self._keepalive_deadline: float | None = None
         self._keepalive_probes = 0
+        self._probes_out = 0  # zero-window probes sent since the peer last answered
+        self._probes_since: float | None = None  # when the first of them went out
         self._timewait_deadline: float | None = None
         self._finwait2_deadline: float | None = None
         self._unacked_since: float | None = None
@@ -461,6 +466,7 @@ class Connection:
         self._choose_iss(now)
         self._syn_due = True
         self._last_recv_time = now
+        self._connect_deadline = now + SYN_R2
         self._set_state(State.SYN_RECEIVED)
 
     def _syn_sent_input(self, seg: Segment, now: float) -> None:
@@ -568,9 +574,6 @@ class Connection:
         if not seg.flags & ACK:
             self._drop("no ACK")
             return
-        self._update_ts_recent(seg, now)
-        self._last_recv_time = now
-        self._keepalive_probes = 0
         if not self._handle_ack(seg, now):
             return
         if self.state is State.CLOSED:
@@ -672,6 +675,7 @@ class Connection:
                 self._drop("unacceptable ACK in SYN-RECEIVED")
                 self._queue_rst(seg.ack)
                 return False
+            self._ack_accepted(seg, now)
             self._snd_una = 1
             self._syn_acked(seg, now)
             self._update_window(seg, force=True)
@@ -686,6 +690,7 @@ class Connection:
             self._drop("ACK too old (RFC 5961 5.2)")
             self._ack_now = True
             return False
+        self._ack_accepted(seg, now)
         self._process_ack(seg, ack_off, now)
         if self.state is State.CLOSED:
             return False
@@ -706,6 +711,18 @@ class Connection:
             self._ack_now = True
             self._timewait_deadline = now + 2 * self.config.msl
         return True
+
+    def _ack_accepted(self, seg: Segment, now: float) -> None:
+        """The segment's ACK passed validation: only now may it change the TCB. RFC 9293
+        3.10.7.4 fifth drops a segment that acknowledges data never sent, and RFC 7323 4.3
+        takes TS.Recent only from segments that are not dropped, so a stale or forged
+        segment can neither poison PAWS nor pass as a sign of a live peer."""
+        self._update_ts_recent(seg, now)
+        self._last_recv_time = now
+        self._keepalive_probes = 0
+        # RFC 9293 3.8.6.1: the peer answered; window probes start counting afresh.
+        self._probes_out = 0
+        self._probes_since = None
 
     def _process_ack(self, seg: Segment, ack_off: int, now: float) -> None:
         old_una = self._snd_una
@@ -1083,9 +1100,13 @@ class Connection:
         return best
 
     def _user_timeout_deadline(self) -> float | None:
-        if self.user_timeout is None or self._unacked_since is None:
+        """RFC 9293 3.8.3 / RFC 5482: the user timeout runs while sent data is unacknowledged
+        and while data waits behind a closed window whose probes go unanswered (as Linux
+        applies TCP_USER_TIMEOUT to window probes)."""
+        if self.user_timeout is None:
             return None
-        return self._unacked_since + self.user_timeout
+        starts = [t for t in (self._unacked_since, self._probes_since) if t is not None]
+        return min(starts) + self.user_timeout if starts else None
 
     def handle_timer(self, now: float) -> None:
         """Run every timer due at ``now``. May create output."""
@@ -1093,11 +1114,12 @@ class Connection:
             return
         uto = self._user_timeout_deadline()
         if uto is not None and now >= uto:
-            # RFC 9293 3.8.3 / RFC 5482: data unacknowledged for the user timeout.
+            # RFC 9293 3.8.3 / RFC 5482: data undelivered for the user timeout.
             self._terminate(now, ConnectionTimedOut("user timeout"), rst=True)
             return
         if self._connect_deadline is not None and now >= self._connect_deadline:
-            self._terminate(now, ConnectionTimedOut("connect timeout"))
+            reason = "handshake" if self._passive else "connect timeout"
+            self._terminate(now, ConnectionTimedOut(reason))
             return
         if self._timewait_deadline is not None and now >= self._timewait_deadline:
             self._terminate(now, None)  # RFC 9293 3.10.8: TIME-WAIT timeout
@@ -1136,9 +1158,6 @@ class Connection:
         """RFC 6298 (5.4)-(5.6) and RFC 9293 3.8.3 (R2)."""
         self.stats.rto_expiries += 1
         if self.state in (State.SYN_SENT, State.SYN_RECEIVED):
-            if self.state is State.SYN_RECEIVED and self._syn_retries >= SYNACK_RETRIES:
-                self._terminate(now, ConnectionTimedOut("handshake"))
-                return
             self._syn_retries += 1
             self.rtt.back_off()
             self._syn_due = True
@@ -1170,6 +1189,17 @@ class Connection:
     def _on_persist(self, now: float) -> None:
         """RFC 9293 3.8.6.1 zero-window probe, also the SWS override timeout (3.8.6.2.1)."""
         self._persist_deadline = None
+        # RFC 9293 3.8.3 (R2) and 3.8.6.1: a probe is a retransmission of the window
+        # question; while the peer answers none of them they count toward the same limit
+        # as retransmissions (Linux: icsk_probes_out against tcp_retries2). An answer resets
+        # the count (_ack_accepted), so a live peer may keep its window closed forever
+        # (MUST-37).
+        if self._probes_out >= self.config.max_retransmissions:
+            self._terminate(now, ConnectionTimedOut("zero-window probes unanswered"), rst=True)
+            return
+        if self._probes_out == 0:
+            self._probes_since = now
+        self._probes_out += 1
         self._persist_backoff += 1
         self.stats.window_probes += 1
         self._force_send = True
@@ -1203,6 +1233,9 @@ class Connection:
         else:
             self._persist_deadline = None
         if self.keepalive and self.state in SYNCHRONIZED and self.state is not State.TIME_WAIT:
+            # Keepalives only while nothing is queued: with data waiting, the RTO or the
+            # persist timer watches the peer and counts toward max_retransmissions (as in
+            # Linux's tcp_keepalive_timer).
             if idle and not self.unsent:
                 if self._keepalive_probes:
                     base = self.keepalive_interval
@@ -1577,6 +1610,7 @@ class Connection:
         self._keepalive_deadline = None
         self._finwait2_deadline = None
         self._unacked_since = None
+        self._probes_since = None
 
     def _enter_time_wait(self, now: float) -> None:
         self._set_state(State.TIME_WAIT)
