@@ -29,7 +29,6 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import replace
 
 from . import _congestion
 from ._buffers import ReceiveBuffer, SendBuffer
@@ -553,22 +552,22 @@ class Connection:
         """RFC 9293 3.10.7.4: SYN-RECEIVED and the synchronized states, step by step."""
         if not self._check_paws(seg, now):
             return
-        if (
+        # Simultaneous open (RFC 9293 3.5 figure 8): the peer's SYN-ACK repeats the SYN we
+        # already hold (the acceptability test lets a SYN at offset 0 through). Its SYN is
+        # not processed again, but it stays on the segment: RFC 7323 2.2 (a MUST) reads the
+        # window of a segment with SYN unscaled, and the text starts after it.
+        synack_repeat = (
             self.state is State.SYN_RECEIVED
             and seg.flags & (SYN | ACK | RST) == SYN | ACK
             and self._seq_offset(seg.seq) == 0
             and self._ack_offset(seg.ack) == 1
-        ):
-            # Simultaneous open (RFC 9293 3.5 figure 8): the peer's SYN-ACK repeats the
-            # SYN we already hold. Trim the SYN off the front (RFC 9293 3.10.7.4, "trimming
-            # off any portions that lie outside the window") and keep its ACK.
-            seg = replace(seg, seq=(seg.seq + 1) & MASK, flags=seg.flags & ~SYN)
+        )
         if not self._check_sequence(seg, now):
             return
         if seg.flags & RST:
             self._handle_rst(seg, now)
             return
-        if seg.flags & SYN:
+        if seg.flags & SYN and not synack_repeat:
             self._handle_syn_in_window(seg, now)
             return
         if not seg.flags & ACK:

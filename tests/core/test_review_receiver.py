@@ -7,6 +7,9 @@ style of test_states.py; offsets ``L(n)``/``R(n)`` as there.
 from __future__ import annotations
 
 from _factories import (
+    PEER_MSS,
+    PEER_WSCALE,
+    R,
     PEER_WINDOW,
     T_EST,
     drain,
@@ -14,12 +17,14 @@ from _factories import (
     local_ts,
     ours,
     peer,
+    peer_syn,
     peer_ts,
     settle,
+    syn_sent,
 )
 
 from utcp._state import State
-from utcp._wire import ACK
+from utcp._wire import ACK, SYN
 
 
 class TestAckValidatedBeforeStateChanges:
@@ -51,4 +56,32 @@ class TestAckValidatedBeforeStateChanges:
         conn = established()
         conn.receive_segment(peer(ACK, 1, 5000, window=3), 2.0)
         assert conn.snd_wnd == PEER_WINDOW << 7
+        drain(conn)
+
+
+class TestSimultaneousOpen:
+    def test_window_of_the_peers_syn_ack_is_not_scaled(self) -> None:
+        # RFC 7323 2.2 (a MUST): the window field of a segment with SYN is never scaled,
+        # also the SYN-ACK that completes a simultaneous open (RFC 9293 3.5 figure 8).
+        conn = syn_sent()
+        conn.receive_segment(peer_syn(), 0.1)
+        assert [s.flags for s in settle(conn, 0.1)] == [SYN | ACK]
+        assert conn.state is State.SYN_RECEIVED
+        synack = peer(SYN | ACK, 0, 1, window=1000, mss=PEER_MSS, wscale=PEER_WSCALE)
+        conn.receive_segment(synack, 0.3)
+        assert conn.state is State.ESTABLISHED
+        assert conn.snd_wnd == 1000
+        # The next segment's window is scaled.
+        conn.receive_segment(peer(ACK, 1, 1, window=1000), 0.4)
+        assert conn.snd_wnd == 1000 << PEER_WSCALE
+        drain(conn)
+
+    def test_data_on_the_peers_syn_ack_is_delivered(self) -> None:
+        conn = syn_sent()
+        conn.receive_segment(peer_syn(), 0.1)
+        settle(conn, 0.1)
+        conn.receive_segment(peer(SYN | ACK, 0, 1, b"hello", mss=PEER_MSS, wscale=7), 0.3)
+        assert conn.state is State.ESTABLISHED
+        assert conn.receive() == b"hello"
+        assert conn.rcv_nxt == R(6)
         drain(conn)
