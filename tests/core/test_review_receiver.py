@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from _factories import (
     PEER_MSS,
-    PEER_WSCALE,
-    R,
     PEER_WINDOW,
+    PEER_WSCALE,
     T_EST,
+    R,
     drain,
     established,
     local_ts,
