@@ -36,6 +36,11 @@ class Config:
             of a pair would stall the sender's ACK clock for a whole inter-arrival gap (about
             5% of the goodput of a 3 Mbit/s, 50 ms flow), and the ACKs it saves are at most
             1/quick_ack_gap per second. 0 always delays.
+        quick_acks: at connection start and after a pause in the peer's data longer than
+            the RTO, up to this many data segments are acknowledged at once (fewer with a
+            small window: rcv_wnd / (2 * MSS), at least 2), so the peer's slow start is not
+            paced by our delayed-ACK timer; not while our replies carry the ACKs. Linux's
+            quick-ACK mode, whose bound TCP_MAX_QUICKACKS is 16. 0 turns it off.
         initial_rto / min_rto / max_rto: RFC 6298 (2.1), (2.4), (2.5). min_rto defaults to
             200 ms like Linux rather than RFC 6298's conservative 1 s.
         connect_timeout: give up an active open after this long (SYNs back off meanwhile).
@@ -69,6 +74,7 @@ class Config:
     nodelay: bool = False
     delayed_ack: float = 0.040
     quick_ack_gap: float = 0.001
+    quick_acks: int = 16
     initial_rto: float = 1.0
     min_rto: float = 0.2
     max_rto: float = 60.0
@@ -99,8 +105,8 @@ class Config:
             raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
         if not 0 <= self.delayed_ack <= 0.5:
             raise ValueError("delayed_ack must be within 0..0.5 s (RFC 9293 3.8.6.3)")
-        if self.quick_ack_gap < 0:
-            raise ValueError("quick_ack_gap must not be negative")
+        if self.quick_ack_gap < 0 or self.quick_acks < 0:
+            raise ValueError("quick_ack_gap and quick_acks must not be negative")
         for name in ("connect_timeout", "msl", "fin_wait_2_timeout", "keepalive_idle"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -173,6 +173,10 @@ class Connection:
         self._full_gap = 0.0  # smoothed gap between full-sized segments (gain 1/8)
         self._last_ack_sent = 0  # offset we last acknowledged (RFC 7323 Last.ACK.sent)
         self._dsack: tuple[int, int] | None = None  # RFC 2883: a duplicate to report
+        self._quick_acks = 0  # data segments still to acknowledge at once (quick-ACK mode)
+        self._last_data_time: float | None = None  # when data last arrived
+        self._pingpong = False  # we answer data with data: our replies carry the ACKs
+        self._ack_split = False  # the ACK owed now must leave before more data is processed
 
         # -- options (RFC 9293 3.7.1, RFC 7323, RFC 2018) --
         self._ipv6 = ipv6
@@ -430,6 +434,13 @@ class Connection:
         """Process one decoded segment (RFC 9293 3.10.7). May create output."""
         self.stats.segments_received += 1
         state = self.state
+        if self._ack_split and state in SYNCHRONIZED and (seg.payload or seg.flags & FIN):
+            # RFC 5681 4.2 / RFC 9293 3.8.6.3: an ACK owed at once (every second full-sized
+            # segment, out-of-order data, quick-ACK mode) leaves before the next segment of
+            # the same batch moves RCV.NXT, with the cumulative ACK of its moment, rather
+            # than one ACK for the whole batch.
+            self._out.append(self._segment(ACK, self.snd_nxt, b"", now))
+            self._ack_sent()
         if state is State.CLOSED:
             self._closed_input(seg)
         elif state is State.LISTEN:
@@ -508,7 +519,6 @@ class Connection:
         """Record the peer's ISN and negotiate options from its SYN."""
         self.irs = seg.seq
         self.rcvbuf = ReceiveBuffer()
-        self._rcv_adv = 1 + self._window_space()
         self._last_ack_sent = 1
         # RFC 9293 3.7.1: MSS, else the 536-byte default.
         if seg.mss is not None:
@@ -520,7 +530,7 @@ class Connection:
         else:
             self.snd_wscale = self.rcv_wscale = 0
             self._offer_wscale = None
-            self._rcv_adv = 1 + min(self._window_space(), 65535)
+        self._rcv_adv = 1 + self._window_space()
         # RFC 2018 2: SACK only if both sides sent SACK-permitted.
         self.sack_ok = seg.sack_permitted and self.config.sack
         # RFC 7323 3.2: timestamps only if the SYN carried them (and we offer them).
@@ -582,8 +592,13 @@ class Connection:
 
     # RFC 7323 5.3 R1: PAWS, before the sequence check.
     def _check_paws(self, seg: Segment, now: float) -> bool:
-        if not self.ts_ok or seg.timestamps is None or seg.flags & RST:
+        if not self.ts_ok or seg.flags & RST:
             return True
+        if seg.timestamps is None:
+            # RFC 7323 3.2: once TSopt is negotiated, a non-RST segment without one SHOULD
+            # be silently dropped (it would slip past PAWS).
+            self._drop("no timestamp")
+            return False
         tsval = seg.timestamps[0]
         if seq_diff(tsval, self.ts_recent) >= 0:
             return True
@@ -642,6 +657,12 @@ class Connection:
 
     def _handle_rst(self, seg: Segment, now: float) -> None:
         """RFC 9293 3.10.7.4 second, with RFC 5961 3.2's exact-match rule."""
+        if self.state is State.TIME_WAIT:
+            # RFC 1337 fix F1: ignore RSTs in TIME-WAIT, so an old duplicate RST cannot cut
+            # 2 MSL short (hazard H1). Linux does this with tcp_rfc1337=1; its default
+            # lets the RST end TIME-WAIT. A deliberate departure from RFC 9293 3.10.7.4.
+            self._drop("RST in TIME-WAIT (RFC 1337)")
+            return
         rcv_nxt = self.rcvbuf.nxt + (1 if self._fin_received else 0)
         if self._seq_offset(seg.seq) != rcv_nxt:
             self._drop("RST not at RCV.NXT: challenge ACK")
@@ -974,6 +995,7 @@ class Connection:
             self._terminate(now, None)
             return
         seg_off = self._seq_offset(seg.seq) + (1 if seg.flags & SYN else 0)
+        self._note_data_arrival(now)
         rb = self.rcvbuf
         had_gap = rb.has_gap
         before = rb.nxt
@@ -992,6 +1014,7 @@ class Connection:
                 self._report_duplicate(*dup)
             elif seg_off > before:
                 self.stats.ooo_segments_received += 1
+                self._ack_split = True  # RFC 5681 4.2: a duplicate ACK per such segment
         else:
             self._schedule_delayed_ack(now, full)
 
@@ -1016,6 +1039,19 @@ class Connection:
             start, end = min(start, pending[0]), max(end, pending[1])
         self._dsack = (start, end)
 
+    def _note_data_arrival(self, now: float) -> None:
+        """Quick-ACK mode, as Linux has it (tcp_event_data_recv, tcp_incr_quickack): the
+        first data of a connection, or data after a pause longer than the RTO (the sender is
+        restarting its window), is acknowledged at once for a few segments, so the peer's
+        slow start is clocked by the path rather than by our delayed-ACK timer. RFC 5681 4.2
+        allows ACKing more often than every second segment."""
+        last = self._last_data_time
+        self._last_data_time = now
+        if last is None or now - last > self.rtt.current_rto():
+            quota = (self._rcv_adv - self.rcvbuf.nxt) // (2 * self.effective_mss)
+            bound = min(self.config.quick_acks, max(2, quota))
+            self._quick_acks = max(self._quick_acks, bound)
+
     def _schedule_delayed_ack(self, now: float, full: bool) -> None:
         # RFC 1122 4.2.3.2 / RFC 9293 3.8.6.3: ACK at least every second full-sized segment,
         # and within the delayed-ACK timeout. RFC 5681 4.2 lets a receiver ACK more often:
@@ -1030,8 +1066,14 @@ class Connection:
                 self._full_gap += (gap - self._full_gap) / 8
                 sparse = self._full_gap >= gap_limit
             self._full_arrival = now
-        if sparse or self._unacked_full_segments >= 2 or self.config.delayed_ack == 0:
+        # Quick-ACK mode (_note_data_arrival), except while our replies carry the ACKs
+        # (Linux's "pingpong" mode).
+        quick = self._quick_acks > 0 and not self._pingpong
+        if quick:
+            self._quick_acks -= 1
+        if quick or sparse or self._unacked_full_segments >= 2 or self.config.delayed_ack == 0:
             self._ack_now = True
+            self._ack_split = True
         elif self._delack_deadline is None:
             self._delack_deadline = now + self.config.delayed_ack
 
@@ -1129,6 +1171,7 @@ class Connection:
         if self._delack_deadline is not None and now >= self._delack_deadline:
             self._delack_deadline = None
             self._ack_now = True
+            self._pingpong = False  # Linux: a delayed ACK had to go alone: not pingpong
         if self._tlp_deadline is not None and now >= self._tlp_deadline:
             # RFC 8985 7.3: the probe timeout: send a probe, and the RTO starts over.
             self._tlp_deadline = None
@@ -1214,6 +1257,7 @@ class Connection:
         self._last_keepalive_time = now
         # <SEQ=SND.NXT-1>, no data: the peer answers with an ACK.
         self._out.append(self._segment(ACK, (self.snd_nxt - 1) & MASK, b"", now))
+        self._ack_sent()
 
     def _arm_idle_timers(self, now: float) -> None:
         """Persist and keepalive are armed after output, from the resulting state."""
@@ -1261,12 +1305,22 @@ class Connection:
         """Like ``datagrams_to_send`` but as ``Segment`` objects (for tests and tracing)."""
         out = self._out
         self._out = []
+        queued = len(out)  # queued ACKs called _ack_sent when they were made
         state = self.state
         if self._syn_due and state in (State.SYN_SENT, State.SYN_RECEIVED):
             out.append(self._syn_segment(now))
+            self._ack_now = False
+        elif state is State.SYN_RECEIVED and self._ack_now:
+            # RFC 9293 3.10.7.4 first: an unacceptable segment draws
+            # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK> in SYN-RECEIVED too.
+            out.append(self._segment(ACK, self.snd_nxt, b"", now))
+            self._ack_sent()
         elif state in SYNCHRONIZED:
             self._output_data(out, now)
-            acking = any(s.flags & ACK and not s.flags & RST for s in out)
+            new = out[queued:]
+            if any(s.payload for s in new) and self._replies_to_data(now):
+                self._pingpong = True
+            acking = any(s.flags & ACK and not s.flags & RST for s in new)
             delack_due = self._delack_deadline is not None and self._delack_deadline <= now
             if not acking and (self._ack_now or delack_due):
                 out.append(self._segment(ACK, self.snd_nxt, b"", now))
@@ -1276,6 +1330,12 @@ class Connection:
             self._arm_idle_timers(now)
         self.stats.segments_sent += len(out)
         return out
+
+    def _replies_to_data(self, now: float) -> bool:
+        """Linux's pingpong test (tcp_event_data_sent): data sent within the delayed-ACK
+        time of the last data received answers it."""
+        last = self._last_data_time
+        return last is not None and now - last < self.config.delayed_ack
 
     def _syn_segment(self, now: float) -> Segment:
         """SYN or SYN-ACK with our options (RFC 9293 3.7.1, RFC 7323, RFC 2018)."""
@@ -1537,6 +1597,7 @@ class Connection:
 
     def _ack_sent(self) -> None:
         self._ack_now = False
+        self._ack_split = False
         self._delack_deadline = None
         self._unacked_full_segments = 0
         self._last_ack_sent = self.rcvbuf.nxt + (1 if self._fin_received else 0)
@@ -1559,8 +1620,11 @@ class Connection:
         return shift
 
     def _window_space(self) -> int:
-        """Receive-buffer space beyond RCV.NXT."""
-        return max(0, self._rcv_wnd_capacity - len(self.rcvbuf))
+        """Receive-buffer space beyond RCV.NXT, no more than the window field can carry
+        (RFC 7323 2.2: 65535 << Rcv.Wind.Shift), so the acceptance edge never passes what
+        was advertised."""
+        space = max(0, self._rcv_wnd_capacity - len(self.rcvbuf))
+        return min(space, 65535 << self.rcv_wscale)
 
     def _window_update_worthwhile(self) -> bool:
         # RFC 9293 3.8.6.2.2: move the right edge only by min(buffer/2, MSS) or more.

@@ -193,6 +193,11 @@ class Host:
             conn.receive_segment(seg, now)
             return
         lst = self.listeners.get(seg.dst_port)
+        if lst is not None and not seg.flags & (SYN | ACK | RST):
+            # RFC 9293 3.10.7.2 fourth: LISTEN drops a segment with neither SYN nor ACK
+            # (nor RST) without an answer.
+            self._count_drop("no SYN in LISTEN")
+            return
         if lst is not None and seg.flags & SYN and not seg.flags & (ACK | RST):
             if len(lst.pending) + len(lst.accept_queue) >= lst.backlog:
                 self.stats.syns_dropped_backlog += 1

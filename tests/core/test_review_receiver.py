@@ -6,25 +6,43 @@ style of test_states.py; offsets ``L(n)``/``R(n)`` as there.
 
 from __future__ import annotations
 
+import pytest
 from _factories import (
+    CONFIG,
+    LOCAL_ISS,
+    LOCAL_PORT,
     PEER_MSS,
     PEER_WINDOW,
     PEER_WSCALE,
+    REMOTE_PORT,
     T_EST,
+    T_SYN,
+    T_TW,
+    L,
     R,
     drain,
     established,
+    listen,
     local_ts,
     ours,
     peer,
     peer_syn,
     peer_ts,
     settle,
+    syn_received,
     syn_sent,
+    time_wait,
 )
 
+from utcp._connection import Connection
+from utcp._host import Host
 from utcp._state import State
-from utcp._wire import ACK, SYN
+from utcp._wire import ACK, FIN, PSH, RST, SYN, Segment, decode_untrusted, encode
+
+
+def rst_from_us(seq: int) -> Segment:
+    """<SEQ=seq><CTL=RST> from the local port."""
+    return Segment(LOCAL_PORT, REMOTE_PORT, seq, 0, RST, 0)
 
 
 class TestAckValidatedBeforeStateChanges:
@@ -84,4 +102,224 @@ class TestSimultaneousOpen:
         assert conn.state is State.ESTABLISHED
         assert conn.receive() == b"hello"
         assert conn.rcv_nxt == R(6)
+        drain(conn)
+
+
+class TestMinorRows:
+    def test_rst_at_rcv_nxt_does_not_end_time_wait(self) -> None:
+        # RFC 1337 hazard H1 ("TIME-WAIT assassination"), fix F1: ignore RST segments in
+        # TIME-WAIT, so an old duplicate RST cannot cut 2 MSL short (Linux with
+        # net.ipv4.tcp_rfc1337=1; its default 0 lets the RST kill the TIME-WAIT socket).
+        conn = time_wait()
+        conn.receive_segment(peer(RST, 2), 2.0)
+        conn.receive_segment(peer(RST | ACK, 2, 2), 2.1)
+        assert conn.segments_to_send(2.1) == []
+        assert conn.state is State.TIME_WAIT
+        assert conn.next_timer() == T_TW + 2 * CONFIG.msl
+
+    @pytest.mark.parametrize(
+        ("flags", "payload"), [(ACK, b"data"), (ACK, b""), (ACK | FIN, b"")], ids=str
+    )
+    def test_segment_without_timestamp_dropped_once_negotiated(
+        self, flags: int, payload: bytes
+    ) -> None:
+        # RFC 7323 3.2: once TSopt was negotiated, a non-RST segment without one SHOULD be
+        # silently dropped (it would bypass PAWS).
+        conn = established(ts=True)
+        conn.receive_segment(peer(flags, 1, 1, payload, window=3), 2.0)
+        assert conn.segments_to_send(2.0) == []
+        assert conn.readable == 0 and conn.state is State.ESTABLISHED
+        assert conn.snd_wnd == PEER_WINDOW << PEER_WSCALE
+        assert conn.stats.drops["no timestamp"] == 1
+
+    def test_rst_without_timestamp_still_processed(self) -> None:
+        conn = established(ts=True)
+        conn.receive_segment(peer(RST, 1), 2.0)
+        assert conn.state is State.CLOSED
+        drain(conn)
+
+    def test_segment_without_syn_or_ack_dropped_by_listening_host(self) -> None:
+        # RFC 9293 3.10.7.2: in LISTEN, "any other control or text-bearing segment (not
+        # containing SYN) must have an ACK and thus would be discarded by the ACK
+        # processing" (fourth: drop it and return); only an ACK draws a RST.
+        host = Host(CONFIG, address=("198.18.0.2", LOCAL_PORT), isn_key=b"k" * 16)
+        host.listen()
+        src = ("198.18.0.1", REMOTE_PORT)
+        for seg in (peer(0, 5, b"data"), peer(FIN, 5), peer(PSH, 5, payload=b"x")):
+            host.receive_datagrams([(encode(seg), src)], 1.0)
+            assert host.datagrams_to_send(1.0) == []
+        host.receive_datagrams([(encode(peer(ACK, 5, 90)), src)], 1.0)
+        assert [decode_untrusted(d).flags for d, _ in host.datagrams_to_send(1.0)] == [RST]
+        assert host.connections == {}
+
+    def test_segment_without_syn_or_ack_dropped_in_listen(self) -> None:
+        conn = listen()
+        conn.receive_segment(peer(FIN, 5, payload=b"x"), 1.0)
+        assert conn.segments_to_send(1.0) == []
+        assert conn.state is State.LISTEN
+
+    def test_syn_received_acks_an_unacceptable_segment(self) -> None:
+        # RFC 9293 3.10.7.4 first: an unacceptable segment (here beyond the window) draws
+        # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>, in SYN-RECEIVED too, and is dropped.
+        conn = syn_received()
+        conn.receive_segment(peer(ACK, 1 << 20, 1, b"late"), 0.2)
+        assert conn.segments_to_send(0.2) == [ours(ACK, 1, 1)]
+        assert conn.state is State.SYN_RECEIVED
+        assert conn.readable == 0
+
+    def test_without_window_scaling_accept_only_what_was_advertised(self) -> None:
+        # RFC 9293 3.10.7.4: the acceptance test uses RCV.WND, the window we advertised;
+        # without scaling that is at most 65535 (RFC 7323 2.2), whatever the buffer size.
+        conn = established(wscale=None)
+        conn.receive_segment(peer(ACK, 1, 1, b"a" * 1000), 1.0)
+        conn.receive_segment(peer(ACK, 1001, 1, b"b" * 1000), 1.0)
+        out = conn.segments_to_send(1.0)
+        conn.handle_timer(1.0 + CONFIG.delayed_ack)
+        ack = (out + conn.segments_to_send(1.0 + CONFIG.delayed_ack))[-1]
+        assert ack.window == 65535 and ack.ack == R(2001)
+        assert conn.rcv_wnd <= 65535
+        beyond = 2001 + 65535 + 1000  # inside the 256 KiB buffer, outside what we offered
+        conn.receive_segment(peer(ACK, beyond, 1, b"c" * 100), 1.1)
+        assert conn.segments_to_send(1.1) == [ours(ACK, 1, 2001, window=65535)]
+        assert conn.rcvbuf.ooo_bytes == 0
+        drain(conn)
+
+
+class TestAfterClose:
+    def test_syn_ack_after_close_in_syn_sent_draws_rst_through_host(self) -> None:
+        # RFC 9293 3.10.4: CLOSE in SYN-SENT deletes the TCB; 3.10.7.1: a segment for no
+        # connection with ACK set draws <SEQ=SEG.ACK><CTL=RST> (Linux answers the same).
+        host = Host(
+            CONFIG,
+            address=("198.18.0.2", LOCAL_PORT),
+            isn_key=b"k" * 16,
+            iss_function=lambda _id, _now: LOCAL_ISS,
+        )
+        server = ("198.18.0.1", REMOTE_PORT)
+        conn = host.connect(server, T_SYN)
+        (syn,) = [decode_untrusted(d) for d, _ in host.datagrams_to_send(T_SYN)]
+        assert syn.flags == SYN
+        conn.close(0.1)
+        assert host.datagrams_to_send(0.1) == []
+        assert host.connections == {}
+        synack = peer(SYN | ACK, 0, 1, mss=PEER_MSS, wscale=PEER_WSCALE)
+        host.receive_datagrams([(encode(synack), server)], 0.2)
+        out = host.datagrams_to_send(0.2)
+        assert [(decode_untrusted(d), a) for d, a in out] == [(rst_from_us(L(1)), server)]
+
+
+MSS = 1400  # effective MSS of the factories' connection without timestamps
+QUICK = CONFIG.replace(quick_acks=16)  # the factories turn quick-ACK mode off
+
+
+def feed_data(conn: Connection, start: int, sizes: list[int], now: float) -> int:
+    """Feed in-order segments of ``sizes`` bytes from offset ``start`` as one batch; return
+    the offset after them."""
+    for n in sizes:
+        conn.receive_segment(peer(ACK, start, 1, b"d" * n), now)
+        start += n
+    return start
+
+
+def use_up_quick_acks(conn: Connection, now: float) -> int:
+    """Feed 1-byte segments until one is no longer acknowledged at once, then let the
+    delayed ACK go; return the next offset."""
+    nxt = 1
+    for _ in range(100):
+        nxt = feed_data(conn, nxt, [1], now)
+        if not conn.segments_to_send(now):
+            break
+    conn.handle_timer(now + CONFIG.delayed_ack)
+    assert len(conn.segments_to_send(now + CONFIG.delayed_ack)) == 1
+    drain(conn)
+    return nxt
+
+
+class TestQuickAck:
+    def test_first_data_segments_acknowledged_at_once(self) -> None:
+        # Linux's quick-ACK mode (tcp_incr_quickack): the first data segments of a
+        # connection are acknowledged at once, so the sender's slow start is not paced by
+        # our delayed-ACK timer; RFC 5681 4.2 lets a receiver ACK more often than every
+        # second segment. Bounded like Linux: rcv_wnd / (2 * MSS), at least 2, at most 16.
+        conn = established(QUICK)
+        acked_at_once = 0
+        nxt = 1
+        for i in range(20):
+            nxt = feed_data(conn, nxt, [10], 1.0 + i * 0.01)
+            out = conn.segments_to_send(1.0 + i * 0.01)
+            if out:
+                assert [(s.flags, s.ack) for s in out] == [(ACK, R(nxt))]
+                acked_at_once += 1
+        assert acked_at_once == 16
+        drain(conn)
+
+    def test_quick_acks_again_after_an_idle_period(self) -> None:
+        # Linux: data after a pause longer than the RTO re-enters quick-ACK mode.
+        conn = established(QUICK)
+        nxt = use_up_quick_acks(conn, 1.0)
+        nxt = feed_data(conn, nxt, [10], 1.5)
+        assert conn.segments_to_send(1.5) == []  # within the RTO: delayed
+        conn.handle_timer(1.5 + CONFIG.delayed_ack)
+        conn.segments_to_send(1.5 + CONFIG.delayed_ack)
+        later = 1.5 + conn.rtt.current_rto() + 0.1
+        nxt = feed_data(conn, nxt, [10], later)
+        assert [(s.flags, s.ack) for s in conn.segments_to_send(later)] == [(ACK, R(nxt))]
+        drain(conn)
+
+    def test_no_quick_acks_for_request_response(self) -> None:
+        # Linux's "pingpong" mode: when we answer data with data within the delayed-ACK
+        # time, our replies carry the ACKs, so requests are not acknowledged alone.
+        conn = established(QUICK)
+        nxt = feed_data(conn, 1, [10], 1.0)
+        conn.send(b"reply")
+        (reply,) = conn.segments_to_send(1.01)
+        assert reply.payload == b"reply" and reply.ack == R(nxt)
+        conn.receive_segment(peer(ACK, nxt, 6), 1.5)
+        later = 10.0
+        nxt = feed_data(conn, nxt, [10], later)
+        assert conn.segments_to_send(later) == []
+        conn.send(b"reply")
+        (reply,) = conn.segments_to_send(later + 0.01)
+        assert reply.ack == R(nxt)
+        drain(conn)
+
+
+class TestStretchAcks:
+    def test_an_ack_for_every_second_full_sized_segment_of_a_batch(self) -> None:
+        # RFC 5681 4.2 / RFC 9293 3.8.6.3 (RFC 1122 4.2.3.2): an ACK for at least every
+        # second full-sized segment, also when one receive batch holds several; each ACK
+        # carries the cumulative ACK of its moment.
+        conn = established()
+        nxt = 1
+        end = feed_data(conn, nxt, [MSS] * 5, 2.0)
+        out = conn.segments_to_send(2.0)
+        assert [s.ack for s in out] == [R(nxt + 2 * MSS), R(nxt + 4 * MSS)]
+        assert all(s.flags == ACK and not s.payload for s in out)
+        # The fifth waits for the delayed-ACK timer.
+        assert conn.next_timer() == 2.0 + CONFIG.delayed_ack
+        conn.handle_timer(2.0 + CONFIG.delayed_ack)
+        assert [s.ack for s in conn.segments_to_send(2.0 + CONFIG.delayed_ack)] == [R(end)]
+        drain(conn)
+
+    def test_data_and_fin_of_one_segment_share_one_ack(self) -> None:
+        conn = established()
+        nxt = 1
+        conn.receive_segment(peer(ACK, nxt, 1, b"d" * MSS), 2.0)
+        conn.receive_segment(peer(ACK | FIN, nxt + MSS, 1, b"d" * MSS), 2.0)
+        out = conn.segments_to_send(2.0)
+        assert [s.ack for s in out] == [R(nxt + 2 * MSS + 1)]
+        drain(conn)
+
+    def test_out_of_order_segments_of_a_batch_each_draw_an_ack(self) -> None:
+        # RFC 5681 4.2: an out-of-order segment SHOULD draw an immediate duplicate ACK.
+        conn = established()
+        nxt = 1
+        feed_data(conn, nxt + MSS, [MSS] * 3, 2.0)
+        out = conn.segments_to_send(2.0)
+        assert [s.ack for s in out] == [R(nxt)] * 3
+        assert [len(s.sack_blocks[0]) and s.sack_blocks[0][1] for s in out] == [
+            R(nxt + 2 * MSS),
+            R(nxt + 3 * MSS),
+            R(nxt + 4 * MSS),
+        ]
         drain(conn)
