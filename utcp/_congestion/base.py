@@ -89,6 +89,21 @@ class CongestionController(abc.ABC):
     def in_slow_start(self) -> bool:
         return self.cwnd < self.ssthresh
 
+    def set_mss(self, mss: int, *, rescale_from: int | None = None) -> None:
+        """The sender's segment size changed (negotiated by the SYNs, or TCP_MAXSEG).
+
+        ``rescale_from``: the MSS the window was sized for until now; cwnd then keeps its
+        size in segments (at least one), as the initial window is defined in segments
+        (RFC 6928 2).
+        """
+        if rescale_from is not None:
+            self.cwnd = max(self.cwnd * mss // max(1, rescale_from), mss)
+        self.mss = mss
+
+    def take_over(self, other: CongestionController) -> None:
+        """TCP_CONGESTION: this controller replaces ``other``, keeping its cwnd and ssthresh."""
+        self.cwnd, self.ssthresh = other.cwnd, other.ssthresh
+
     # -- the interface the connection calls ---------------------------------------------
 
     def on_sent(self, *, now: float, sent: int, in_flight: int, snd_nxt: int) -> None:

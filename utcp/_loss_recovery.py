@@ -1,0 +1,521 @@
+"""The sender's loss recovery in one object: what is in flight, what is lost, how much may be
+sent and when.
+
+``LossRecovery`` owns the RTT estimator (RFC 6298), the scoreboard (RFC 6675), RACK-TLP
+(RFC 8985), proportional rate reduction (RFC 9937), the undo of spurious congestion responses
+(RFC 3708, RFC 3522 / RFC 4015), the pacer and the congestion controller. Only the controller
+writes cwnd. The connection keeps the sequence space (SND.UNA, SND.NXT), the retransmission
+timer and the segments themselves; it calls this object
+
+- on send: ``send_budget``/``pacing_allows`` before, ``on_new_data_sent``/``on_retransmit``
+  after, ``after_output`` once per output pass (arms the tail loss probe);
+- on ACK: ``on_ack`` with the acknowledgment already converted to stream offsets;
+- on timer: ``next_deadline`` is the earliest loss, probe or pacing deadline;
+  ``probe_timer_due`` and ``on_timer`` run what is due; ``on_rto`` is the retransmission
+  timer's loss response.
+
+Like the scoreboard, it works on stream offsets only and never sees payload.
+"""
+
+from __future__ import annotations
+
+from . import _congestion
+from ._config import Config
+from ._rack import Rack, probe_timeout
+from ._recovery import DUP_THRESH, Prr, Scoreboard, SentSegment
+from ._rtt import RttEstimator
+from ._seq import seq_diff
+from ._stats import ConnectionStats
+
+# Pacing: the pacing clock may run this far ahead of now, so segments leave in bursts of
+# about 1 ms of the pacing rate (Linux sizes its bursts the same way, sk_pacing_shift 10),
+# and at least PACING_BURST segments: at high rates a timer per segment costs more than the
+# burst it avoids.
+PACING_BURST = 2
+PACING_QUANTUM = 0.001
+
+
+class LossRecovery:
+    """Sender-side loss detection, recovery, pacing and congestion control of one connection."""
+
+    __slots__ = (
+        "_cwnd_limited_seq",
+        "_dupacks",
+        "_eifel_tsval",
+        "_pace_blocked",
+        "_pace_next",
+        "_pace_wake",
+        "_pacing",
+        "_prr",
+        "_rack_deadline",
+        "_recovery_point",
+        "_tlp_deadline",
+        "_tlp_due",
+        "_tlp_end",
+        "_tlp_retrans",
+        "_undo",
+        "_undo_retrans",
+        "cc",
+        "delivery_rate",
+        "rack",
+        "rtt",
+        "scoreboard",
+        "stats",
+    )
+
+    def __init__(self, config: Config, *, mss: int, stats: ConnectionStats) -> None:
+        self.stats = stats
+        self._pacing = config.pacing
+        self.rtt = RttEstimator(
+            initial_rto=config.initial_rto, min_rto=config.min_rto, max_rto=config.max_rto
+        )
+        self.cc = _congestion.create(
+            config.congestion_control,
+            mss=mss,
+            initial_window=config.initial_window,
+            paced=config.pacing,
+        )
+        self.scoreboard = Scoreboard()
+        self.rack = Rack()
+        self.delivery_rate = 0.0  # bytes per second, latest sample
+        self._dupacks = 0
+        self._recovery_point: int | None = None  # RFC 6675 "RecoveryPoint"
+        self._rack_deadline: float | None = None  # RFC 8985 6.3 reordering timer
+        self._tlp_deadline: float | None = None  # RFC 8985 7.2 probe timeout
+        self._tlp_due = False
+        self._tlp_end: int | None = None  # RFC 8985 7.3 TLP.end_seq, while a probe is out
+        self._tlp_retrans = False
+        self._prr: Prr | None = None
+        self._undo: object | None = None  # controller state before the last reduction
+        self._undo_retrans = 0  # retransmissions since then not yet proven spurious
+        self._eifel_tsval: int | None = None  # RFC 3522: TSval of the RTO retransmission
+        self._pace_next = 0.0  # earliest time the next paced segment may leave
+        self._pace_blocked = False  # output is waiting for the pacing clock...
+        self._pace_wake = 0.0  # ...until then
+        self._cwnd_limited_seq = 0  # cwnd was the limit when SND.NXT was here
+
+    @property
+    def mss(self) -> int:
+        """The sender's segment size: the controller's, which the connection keeps equal to
+        its effective MSS."""
+        return self.cc.mss
+
+    @property
+    def in_recovery(self) -> bool:
+        return self._recovery_point is not None
+
+    def switch_controller(self, name: str) -> None:
+        """TCP_CONGESTION: a new algorithm takes over the current cwnd and ssthresh."""
+        cc = _congestion.create(name, mss=self.cc.mss, initial_window=1, paced=self._pacing)
+        cc.take_over(self.cc)
+        self.cc = cc
+
+    # ------------------------------------------------------------------ send
+
+    def send_budget(self) -> int:
+        """Bytes the congestion state lets us put in flight now."""
+        if self._prr is not None and self.in_recovery:
+            return self._prr.quota  # RFC 6937
+        room = self.cc.cwnd - self.scoreboard.pipe
+        if 0 < self._dupacks < DUP_THRESH:
+            # RFC 3042 2: limited transmit: one new segment on each of the first two dupACKs.
+            room += self._dupacks * self.mss
+        return room
+
+    def output_started(self) -> None:
+        """An output pass begins: it decides afresh whether pacing holds it back."""
+        self._pace_blocked = False
+
+    def next_retransmission(self, now: float) -> SentSegment | None:
+        """The lowest segment deemed lost, if the window and the pacer let it go now
+        (RFC 6675 5 NextSeg rule 1 / RFC 6298)."""
+        sb = self.scoreboard
+        seg = sb.next_lost()
+        if seg is None or (self.send_budget() <= 0 and sb.pipe > 0):
+            return None
+        if not self.pacing_allows(now) and sb.pipe > 0:
+            return None
+        return seg
+
+    def on_retransmit(self, seg: SentSegment, now: float) -> None:
+        """``seg`` was sent again."""
+        self.scoreboard.on_retransmit(seg, now)
+        n = seg.end - seg.start
+        self.stats.retransmits += 1
+        self.stats.bytes_retransmitted += n
+        if self._undo is not None:
+            self._undo_retrans += 1
+        self._sent_bytes(n, now)
+
+    def on_new_data_sent(self, start: int, end: int, fin: bool, now: float) -> None:
+        """Offsets [start, end) left for the first time (``fin``: end - 1 is our FIN)."""
+        sb = self.scoreboard
+        sent = SentSegment(start, end, now, fin)
+        sent.delivered = self.stats.bytes_acked
+        sb.add(sent)
+        self._sent_bytes(end - start, now)
+        self.cc.on_sent(now=now, sent=end - start, in_flight=sb.pipe, snd_nxt=end)
+
+    def _sent_bytes(self, n: int, now: float) -> None:
+        if self._prr is not None and self.in_recovery:
+            self._prr.on_sent(n)
+        rate = self._pacing_rate()
+        if rate is not None:
+            self._pace_next = max(self._pace_next, now) + n / rate
+
+    def take_probe(self) -> bool:
+        """A tail loss probe is due (RFC 8985 7.3); True once per probe timeout."""
+        due = self._tlp_due
+        self._tlp_due = False
+        return due
+
+    def on_probe_sent(self, snd_nxt: int, *, retransmission: bool) -> None:
+        """RFC 8985 7.3: the probe left; TLP.end_seq is SND.NXT."""
+        self._tlp_retrans = retransmission
+        self.stats.tlp_probes += 1
+        self._tlp_end = snd_nxt
+
+    def after_output(
+        self, now: float, *, snd_nxt: int, probe_allowed: bool, rto_deadline: float | None
+    ) -> None:
+        """An output pass ended: arm the probe timeout and note whether cwnd was the limit.
+
+        ``probe_allowed``: the connection may probe at all (SACK, the option on, a
+        synchronized state, no RTO backoff).
+        """
+        self._arm_tlp(now, probe_allowed, rto_deadline)
+        # RFC 7661: cwnd grows only while it is the limit. As in Linux (tcp_is_cwnd_limited,
+        # max_packets_seq), it is the limit when what is in flight reaches it (half of it in
+        # slow start), and stays so until that round is acknowledged, so ACKs that fall in
+        # a pacing gap still count. Waiting for the pacing clock alone does not make a
+        # sender cwnd-limited: cwnd, and the pacing rate with it, would grow without bound.
+        cwnd, pipe = self.cc.cwnd, self.scoreboard.pipe
+        if pipe + self.mss > cwnd or (self.cc.in_slow_start() and 2 * pipe >= cwnd):
+            self._cwnd_limited_seq = snd_nxt
+
+    def _arm_tlp(self, now: float, allowed: bool, rto_deadline: float | None) -> None:
+        """RFC 8985 7.2: arm the PTO with SACK, data in flight, no recovery, no probe out."""
+        sb = self.scoreboard
+        if not (allowed and sb.pipe > 0 and not self.in_recovery and self._tlp_end is None):
+            self._tlp_deadline = None
+            return
+        if self._tlp_deadline is not None:
+            return
+        one = len(sb) == 1
+        deadline = now + probe_timeout(self.rtt.srtt, one, self.rtt.current_rto())
+        if rto_deadline is not None:
+            deadline = min(deadline, rto_deadline)  # RFC 8985 7.2: no later than RTO
+        self._tlp_deadline = deadline
+
+    # ------------------------------------------------------------------ pacing
+
+    def _pacing_rate(self) -> float | None:
+        """Pacing: spread a window over the RTT at rate cwnd/SRTT (x2 in slow start, x1.25
+        after, as Linux does). None while pacing is off or there is no RTT estimate."""
+        srtt = self.rtt.srtt
+        if not self._pacing or srtt is None or srtt <= 0:
+            return None
+        gain = 2.0 if self.cc.in_slow_start() else 1.25
+        return gain * max(self.cc.cwnd, self.mss) / srtt
+
+    def pacing_allows(self, now: float) -> bool:
+        """The pacing clock may run a burst (PACING_QUANTUM, PACING_BURST) ahead of now."""
+        rate = self._pacing_rate()
+        if rate is None:
+            return True
+        wake = self._pace_next - max(PACING_BURST * self.mss / rate, PACING_QUANTUM)
+        if now >= wake:
+            return True
+        self._pace_blocked = True
+        self._pace_wake = wake
+        return False
+
+    # ------------------------------------------------------------------ ACK
+
+    def on_ack(
+        self,
+        now: float,
+        *,
+        old_una: int,
+        snd_una: int,
+        snd_nxt: int,
+        sack_ok: bool,
+        sack_blocks: list[tuple[int, int]],
+        dupack: bool,
+        tsecr: int | None,
+        ts_rtt: float | None,
+    ) -> int:
+        """One acceptable ACK: SND.UNA moved from ``old_una`` to ``snd_una`` (offsets).
+
+        ``sack_blocks`` are the segment's SACK blocks as offsets, in the order received;
+        ``dupack`` says whether RFC 5681 2 counts it as a duplicate ACK; ``tsecr`` is the
+        echoed timestamp (None without timestamps) and ``ts_rtt`` the RTT it gives.
+        Returns the bytes newly SACKed.
+        """
+        sb = self.scoreboard
+        newly_sacked = 0
+        self.rack.begin_ack()
+        if sack_ok and sack_blocks:
+            newly_sacked = self._apply_sack_blocks(sack_blocks, old_una, snd_una, snd_nxt, now)
+        delivered = newly_sacked
+        if snd_una > old_una:
+            delivered += snd_una - old_una
+            self._on_new_ack(now, old_una, snd_una, snd_nxt, sack_ok, tsecr, ts_rtt)
+        elif dupack:
+            # RFC 5681 2: a duplicate ACK.
+            self._dupacks += 1
+            self.stats.dupacks_received += 1
+            if not sack_ok:
+                delivered += self.mss  # RFC 6937 3: DeliveredData without SACK
+        if sack_ok:
+            self._rack_detect(now)
+        loss_seen = sb.lost_bytes or (not sack_ok and self._dupacks >= DUP_THRESH)
+        if loss_seen and not self.in_recovery and snd_nxt > snd_una:
+            self._enter_recovery(now, snd_una, snd_nxt, sack_ok)
+        if self._prr is not None and self.in_recovery and delivered:
+            self._prr.on_ack(delivered, pipe=sb.pipe, ssthresh=self.cc.ssthresh, mss=self.mss)
+        return newly_sacked
+
+    def _apply_sack_blocks(
+        self,
+        blocks: list[tuple[int, int]],
+        snd_una: int,
+        ack_off: int,
+        snd_nxt: int,
+        now: float,
+    ) -> int:
+        newly = 0
+        sb = self.scoreboard
+        for i, (lo, hi) in enumerate(blocks):
+            if (
+                i == 0
+                and lo < hi
+                # RFC 2883 4: below this ACK's cumulative acknowledgement (which SND.UNA
+                # has not taken yet), or inside the second block.
+                and (
+                    hi <= ack_off or (len(blocks) > 1 and blocks[1][0] <= lo and hi <= blocks[1][1])
+                )
+            ):
+                self._on_dsack(lo, hi, snd_una, snd_nxt, now)  # RFC 2883 4: a duplicate
+                continue
+            # RFC 2018 / RFC 6675: ignore blocks outside (SND.UNA, SND.NXT].
+            if not (snd_una <= lo < hi <= snd_nxt):
+                continue
+            newly += sb.apply_sack(lo, hi)
+        for seg in sb.newly_sacked:
+            self.rack.on_delivered(seg, now)
+        sb.newly_sacked.clear()
+        self.stats.sacked_bytes += newly
+        return newly
+
+    def _on_dsack(self, lo: int, hi: int, snd_una: int, snd_nxt: int, now: float) -> None:
+        """RFC 2883 / RFC 3708: a segment arrived twice; if it was our retransmission, the
+        retransmission was spurious. When every retransmission of the last congestion
+        response proves spurious, the response is undone (RFC 3708 5 / RFC 4015 idea)."""
+        self.stats.dsacks_received += 1
+        self.rack.on_dsack(snd_una, snd_nxt)  # RFC 8985 6.2 step 4
+        if self._undo is not None and self._undo_retrans > 0:
+            self._undo_retrans -= 1
+            self.stats.spurious_retransmits += 1
+            if self._undo_retrans == 0:
+                self._undo_congestion_response()
+        if self._tlp_end is not None and self._tlp_retrans and hi <= self._tlp_end:
+            self._tlp_retrans = False  # RFC 8985 7.4.2: the probe was a duplicate
+
+    def _undo_congestion_response(self) -> None:
+        assert self._undo is not None
+        self.cc.undo(self._undo)
+        self._undo = None
+        self.stats.undos += 1
+        if self._recovery_point is not None:
+            self._recovery_point = None
+            self._prr = None
+            self.rack.on_recovery_exit()
+
+    def _rack_detect(self, now: float) -> None:
+        """RFC 8985 6.2 step 5 / 6.3: mark losses, arm the reordering timer for the rest."""
+        sb = self.scoreboard
+        lost_before = sb.lost_bytes
+        reo = self.rack.reo_wnd(
+            in_recovery=self.in_recovery,
+            sacked_segments=sb.sacked_segments,
+            srtt=self.rtt.srtt or 0.0,
+        )
+        self._rack_deadline = self.rack.detect_losses(sb, now, reo)
+        if sb.lost_bytes > lost_before:
+            self.stats.lost_segments += 1
+
+    def _on_new_ack(
+        self,
+        now: float,
+        old_una: int,
+        ack_off: int,
+        snd_nxt: int,
+        sack_ok: bool,
+        tsecr: int | None,
+        ts_rtt: float | None,
+    ) -> None:
+        sb = self.scoreboard
+        acked_segments = sb.acknowledge(ack_off)
+        acked = ack_off - old_una
+        self._dupacks = 0
+        self._tlp_deadline = None  # RFC 8985 7.2: re-armed from this ACK
+        if self._eifel_tsval is not None:
+            self._eifel_check(tsecr)
+        # RTT: from the newest segment acked that was sent once (Karn, RFC 6298 (3)), else
+        # from the echoed timestamp (RFC 7323 4.1: only on ACKs that advance SND.UNA).
+        rtt: float | None = None
+        fresh = [s for s in acked_segments if s.retransmits == 0]
+        if fresh:
+            rtt = now - fresh[-1].xmit_time
+        elif ts_rtt is not None:
+            rtt = ts_rtt
+        if rtt is not None:
+            self.rtt.on_sample(rtt)
+        if acked_segments:
+            for s in acked_segments:
+                if not s.sacked:
+                    self.rack.on_delivered(s, now)
+            # Delivery rate sample: bytes delivered since the newest acked segment was sent,
+            # over the time since (the sampling idea of draft-cheng-iccrg-delivery-rate).
+            last = acked_segments[-1]
+            elapsed = now - last.xmit_time
+            if elapsed > 0:
+                self.delivery_rate = (self.stats.bytes_acked - last.delivered) / elapsed
+        if self._tlp_end is not None and ack_off >= self._tlp_end:
+            # RFC 8985 7.4.2: the probe's episode is over. A retransmitted probe that was not
+            # reported as a duplicate repaired a real loss: respond to it as congestion.
+            if self._tlp_retrans and not self.in_recovery:
+                self.cc.on_loss(now=now, in_flight=self._reduction_flight(ack_off, snd_nxt))
+                self.cc.on_recovery_end(now=now)
+                self.stats.tlp_recoveries += 1
+            self._tlp_end = None
+            self._tlp_retrans = False
+        if self.in_recovery and self._recovery_point is not None:
+            if ack_off >= self._recovery_point:
+                # RFC 6582 3.2 (3) / RFC 6675 5: a full ACK ends recovery.
+                self._recovery_point = None
+                self._prr = None
+                self.cc.on_recovery_end(now=now)
+                self.rack.on_recovery_exit()
+            elif not sack_ok:
+                # RFC 6582 3.2 (5): a partial ACK: the next hole is lost too.
+                first = sb.first()
+                if first is not None:
+                    sb.mark_lost(first)
+        else:
+            self.cc.on_ack(
+                now=now,
+                acked=acked,
+                rtt=rtt,
+                in_flight=sb.pipe + acked,
+                snd_una=ack_off,
+                snd_nxt=snd_nxt,
+                app_limited=ack_off > self._cwnd_limited_seq,
+            )
+
+    def _eifel_check(self, tsecr: int | None) -> None:
+        """RFC 3522 2 (Eifel detection): the first ACK of new data after a timeout that echoes
+        a timestamp older than the retransmission's was caused by the original: the timeout
+        was spurious. RFC 4015 (Eifel response): restore the congestion state and go on with
+        new data instead of resending everything."""
+        tsval = self._eifel_tsval
+        self._eifel_tsval = None
+        if tsval is None or tsecr is None:
+            return
+        if seq_diff(tsecr, tsval) < 0 and self._undo is not None:
+            self.stats.spurious_rtos += 1
+            self._undo_retrans = 0
+            self._undo_congestion_response()
+            self.scoreboard.unmark_lost()
+            self.rack.reset_cursor()
+
+    def _enter_recovery(self, now: float, snd_una: int, snd_nxt: int, sack_ok: bool) -> None:
+        """RFC 6675 5 / RFC 6582 3.2: fast retransmit and fast recovery, with PRR."""
+        sb = self.scoreboard
+        if not sack_ok:
+            first = sb.first()
+            if first is not None:
+                sb.mark_lost(first)
+        self._recovery_point = snd_nxt
+        self.stats.fast_retransmits += 1
+        self._undo = self.cc.snapshot()
+        self._undo_retrans = 0
+        self.cc.on_loss(now=now, in_flight=self._reduction_flight(snd_una, snd_nxt))
+        # RFC 9937 (PRR, which obsoletes RFC 6937): RecoverFS = pipe before the reduction.
+        self._prr = Prr(sb.pipe + sb.lost_bytes)
+        self._tlp_deadline = None
+
+    def _reduction_flight(self, snd_una: int, snd_nxt: int) -> int:
+        """FlightSize for a congestion response (RFC 5681 3.1 eq. 4, RFC 9438 4.6).
+
+        RFC 5681 defines it as data sent and not cumulatively acknowledged, SACKed data
+        included; this sender refills its window as SACKs arrive (RFC 6675 pipe), so that
+        can exceed cwnd by what was SACKed before the loss was detected, and RFC 5681 3.2
+        keeps data sent beyond cwnd that way (limited transmit) out of the computation. So:
+        FlightSize, but no more than cwnd. The pipe alone would leave the SACKed data out
+        and cut the window below the multiplicative decrease the RFCs prescribe.
+        """
+        return min(snd_nxt - snd_una, self.cc.cwnd)
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float | None:
+        """The earliest loss (RACK reordering), probe (TLP) or pacing deadline, or None."""
+        best: float | None = None
+        pace = self._pace_wake if self._pace_blocked else None
+        for t in (self._rack_deadline, self._tlp_deadline, pace):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def probe_timer_due(self, now: float) -> bool:
+        """RFC 8985 7.3: the probe timeout fired: a probe goes out with the next output (the
+        connection restarts its retransmission timer)."""
+        if self._tlp_deadline is None or now < self._tlp_deadline:
+            return False
+        self._tlp_deadline = None
+        self._tlp_due = True
+        return True
+
+    def on_timer(self, now: float, *, snd_una: int, snd_nxt: int, sack_ok: bool) -> None:
+        """Run the reordering and pacing timers if due (after the connection's RTO)."""
+        if self._rack_deadline is not None and now >= self._rack_deadline:
+            # RFC 8985 6.3: the reordering timer: look for losses again.
+            self._rack_deadline = None
+            self._rack_detect(now)
+            if self.scoreboard.lost_bytes and not self.in_recovery:
+                self._enter_recovery(now, snd_una, snd_nxt, sack_ok)
+                if self._prr is not None:
+                    self._prr.quota = self.mss
+        if self._pace_blocked and now >= self._pace_wake:
+            self._pace_blocked = False  # output runs next and may send again
+
+    def on_rto(
+        self, now: float, *, snd_una: int, snd_nxt: int, repeated: bool, tsval: int | None
+    ) -> None:
+        """The retransmission timer expired with data outstanding (RFC 6298 (5.4)-(5.6),
+        RFC 5681 3.1). ``repeated``: it had already fired for this data; ``tsval``: the
+        timestamp the retransmission will carry (None without timestamps)."""
+        if not repeated:
+            self._undo = self.cc.snapshot()
+            self._undo_retrans = 0
+            self._eifel_tsval = tsval  # RFC 3522: the retransmission's TSval
+        # RFC 5681 3.1: when a segment the timer already retransmitted times out again,
+        # ssthresh is held constant; only cwnd goes back to one segment.
+        self.cc.on_rto(
+            now=now, in_flight=self._reduction_flight(snd_una, snd_nxt), repeated=repeated
+        )
+        self.scoreboard.mark_all_lost()
+        self.rack.reset_cursor()
+        self._recovery_point = None
+        self._prr = None
+        self._tlp_deadline = None
+        self._tlp_end = None
+        self._dupacks = 0
+
+    def stop_timers(self) -> None:
+        """Nothing is left to send or probe: TIME-WAIT, or the connection is gone."""
+        self._rack_deadline = None
+        self._tlp_deadline = None
+        self._pace_blocked = False
