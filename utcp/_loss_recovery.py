@@ -49,6 +49,7 @@ class LossRecovery:
         "_prr",
         "_rack_deadline",
         "_recovery_point",
+        "_rto_point",
         "_tlp_deadline",
         "_tlp_due",
         "_tlp_end",
@@ -79,7 +80,8 @@ class LossRecovery:
         self.rack = Rack()
         self.delivery_rate = 0.0  # bytes per second, latest sample
         self._dupacks = 0
-        self._recovery_point: int | None = None  # RFC 6675 "RecoveryPoint"
+        self._recovery_point: int | None = None  # RFC 6675 "RecoveryPoint" (fast recovery)
+        self._rto_point: int | None = None  # RFC 6675 5.1: RecoveryPoint after an RTO
         self._rack_deadline: float | None = None  # RFC 8985 6.3 reordering timer
         self._tlp_deadline: float | None = None  # RFC 8985 7.2 probe timeout
         self._tlp_due = False
@@ -270,11 +272,16 @@ class LossRecovery:
         if sack_ok:
             self._rack_detect(now)
         loss_seen = sb.lost_bytes or (not sack_ok and self._dupacks >= DUP_THRESH)
-        if loss_seen and not self.in_recovery and snd_nxt > snd_una:
+        if loss_seen and self._may_enter_recovery(snd_una, snd_nxt):
             self._enter_recovery(now, snd_una, snd_nxt, sack_ok)
         if self._prr is not None and self.in_recovery and delivered:
             self._prr.on_ack(delivered, pipe=sb.pipe, ssthresh=self.cc.ssthresh, mss=self.mss)
         return newly_sacked
+
+    def _may_enter_recovery(self, snd_una: int, snd_nxt: int) -> bool:
+        # RFC 6675 5.1 / RFC 6582 3.2 (4): after an RTO, no new recovery (and no second loss
+        # response) starts until the RecoveryPoint the RTO set is acknowledged.
+        return not self.in_recovery and self._rto_point is None and snd_nxt > snd_una
 
     def _apply_sack_blocks(
         self,
@@ -391,6 +398,8 @@ class LossRecovery:
                 self.stats.tlp_recoveries += 1
             self._tlp_end = None
             self._tlp_retrans = False
+        if self._rto_point is not None and ack_off >= self._rto_point:
+            self._rto_point = None  # RFC 6675 5.1: the timeout's recovery is over
         if self.in_recovery and self._recovery_point is not None:
             if ack_off >= self._recovery_point:
                 # RFC 6582 3.2 (3) / RFC 6675 5: a full ACK ends recovery.
@@ -427,6 +436,7 @@ class LossRecovery:
             self.stats.spurious_rtos += 1
             self._undo_retrans = 0
             self._undo_congestion_response()
+            self._rto_point = None  # no recovery to finish: the original was delivered
             self.scoreboard.unmark_lost()
             self.rack.reset_cursor()
 
@@ -484,7 +494,7 @@ class LossRecovery:
             # RFC 8985 6.3: the reordering timer: look for losses again.
             self._rack_deadline = None
             self._rack_detect(now)
-            if self.scoreboard.lost_bytes and not self.in_recovery:
+            if self.scoreboard.lost_bytes and self._may_enter_recovery(snd_una, snd_nxt):
                 self._enter_recovery(now, snd_una, snd_nxt, sack_ok)
                 if self._prr is not None:
                     self._prr.quota = self.mss
@@ -508,7 +518,10 @@ class LossRecovery:
         )
         self.scoreboard.mark_all_lost()
         self.rack.reset_cursor()
+        # RFC 6675 5.1: "RecoveryPoint MUST be set to HighData" and fast recovery ends; RFC
+        # 6582 3.2 (4) says the same of "recover" for NewReno.
         self._recovery_point = None
+        self._rto_point = snd_nxt
         self._prr = None
         self._tlp_deadline = None
         self._tlp_end = None
