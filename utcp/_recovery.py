@@ -156,12 +156,27 @@ class Scoreboard:
         return n
 
     def mark_all_lost(self) -> None:
-        """RFC 6675 5.1 / RFC 5681 (RTO): everything not SACKed is to be sent again."""
+        """The retransmission timer expired: everything not cumulatively acknowledged is to
+        be sent again, from SND.UNA on.
+
+        RFC 2018 8: the receiver may have reneged (dropped data it SACKed), and a timeout
+        is the sign that it did, so the SACKed marks are turned off too and SACKed segments
+        are resent like the others (as Linux does). SACK blocks arriving after the timeout
+        mark again what the receiver still holds, so those are not resent twice.
+        """
         self._lost_queue.clear()
         for seg in self._segs[self._head :]:
-            if seg.lost:
+            if seg.sacked:
+                n = seg.end - seg.start
+                seg.sacked = False
+                self.sacked_segments -= 1
+                self.sacked_bytes -= n
+                seg.lost = True
+                self.lost_bytes += n
                 self._lost_queue.append(seg)
-            elif not seg.sacked:
+            elif seg.lost:
+                self._lost_queue.append(seg)
+            else:
                 self.mark_lost(seg)
 
     def next_lost(self) -> SentSegment | None:

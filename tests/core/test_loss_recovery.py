@@ -7,12 +7,14 @@ RFCs prescribe for the congestion state, the segments sent and the samples taken
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 from _factories import CONFIG, T_EST, L, established, peer
 
 from utcp._connection import Connection
-from utcp._wire import ACK, Segment
+from utcp._wire import ACK, Segment, decode_untrusted
+from utcp.testing import CLIENT_ADDR, HostPair, LinkConfig, random_payload
 
 MSS = 1400  # min(our 1452, the peer's 1400), no timestamps
 TLP_CONFIG = replace(CONFIG, tail_loss_probe=True)
@@ -54,3 +56,58 @@ class TestTimeout:
         assert conn.stats.fast_retransmits == 0
         # Slow start after the timeout: cwnd grew by the segment acknowledged.
         assert data_offsets(out) == [start(1), start(2)]
+
+
+class Hole:
+    """Drops every transmission of the client's ``nth`` data segment until ``open``."""
+
+    def __init__(self, nth: int) -> None:
+        self.nth = nth
+        self.seen = 0
+        self.seq: int | None = None
+        self.open = False
+
+    def __call__(self, now: float, src: tuple[str, int], dst: tuple[str, int], data: bytes) -> bool:
+        if src != CLIENT_ADDR or self.open:
+            return False
+        seg = decode_untrusted(data)
+        if not seg.payload:
+            return False
+        if self.seq is None:
+            self.seen += 1
+            if self.seen == self.nth:
+                self.seq = seg.seq
+        return seg.seq == self.seq
+
+
+class TestReneging:
+    def test_data_a_reneging_receiver_dropped_is_sent_again_after_the_timeout(self) -> None:
+        # RFC 2018 8: SACKed data stays queued until cumulatively acknowledged, and after a
+        # timeout the sender treats its SACK information as stale and resends from
+        # SND.UNA, SACKed segments included. Here the receiver drops its out-of-order
+        # queue (as Linux and FreeBSD may under memory pressure) while the sender holds
+        # those bytes as SACKed.
+        pair = HostPair(seed=1, link=LinkConfig(delay=0.05))
+        hole = Hole(20)
+        pair.net.add_filter(hole)
+        client, server = pair.connect()
+        data = random_payload(9, 300_000)
+        sent = client.send(data)
+        pair.net.run(lambda: server.rcvbuf.ooo_bytes >= 20 * client.effective_mss, timeout=30.0)
+        assert client.scoreboard.sacked_bytes > 0
+        assert server.rcvbuf.renege() >= 20 * client.effective_mss
+        hole.open = True
+        received = bytearray()
+
+        def delivered() -> bool:
+            nonlocal sent
+            if sent < len(data):
+                sent += client.send(data[sent:])
+            received.extend(server.receive(1 << 20))
+            if client.error is not None:
+                raise client.error
+            return len(received) == len(data)
+
+        pair.net.run(delivered, timeout=120.0)
+        assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+        assert client.stats.rto_expiries >= 1
