@@ -1078,11 +1078,12 @@ class Connection:
         if rec.take_probe() and len(out) == sent_before and self.state in SYNCHRONIZED:
             self._output_new_data(out, now, True, probe=True)
             last = self.scoreboard.last()
-            retransmission = len(out) == sent_before and last is not None
-            if last is not None and retransmission:
+            resent: int | None = None
+            if len(out) == sent_before and last is not None:
+                resent = last.start
                 self._retransmit(last, out, now)
             if len(out) > sent_before:
-                rec.on_probe_sent(self._snd_nxt, retransmission=retransmission)
+                rec.on_probe_sent(self._snd_nxt, retransmission=resent)
         rec.after_output(
             now,
             snd_nxt=self._snd_nxt,

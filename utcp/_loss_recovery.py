@@ -54,6 +54,7 @@ class LossRecovery:
         "_tlp_due",
         "_tlp_end",
         "_tlp_retrans",
+        "_tlp_start",
         "_undo",
         "_undo_retrans",
         "cc",
@@ -86,7 +87,8 @@ class LossRecovery:
         self._tlp_deadline: float | None = None  # RFC 8985 7.2 probe timeout
         self._tlp_due = False
         self._tlp_end: int | None = None  # RFC 8985 7.3 TLP.end_seq, while a probe is out
-        self._tlp_retrans = False
+        self._tlp_retrans = False  # the probe resent the segment starting at _tlp_start
+        self._tlp_start = 0
         self._prr: Prr | None = None
         self._undo: object | None = None  # controller state before the last reduction
         self._undo_retrans = 0  # retransmissions since then not yet proven spurious
@@ -171,9 +173,11 @@ class LossRecovery:
         self._tlp_due = False
         return due
 
-    def on_probe_sent(self, snd_nxt: int, *, retransmission: bool) -> None:
-        """RFC 8985 7.3: the probe left; TLP.end_seq is SND.NXT."""
-        self._tlp_retrans = retransmission
+    def on_probe_sent(self, snd_nxt: int, *, retransmission: int | None) -> None:
+        """RFC 8985 7.3: the probe left; TLP.end_seq is SND.NXT. ``retransmission``: the
+        start of the segment it resent, or None if it carried new data."""
+        self._tlp_retrans = retransmission is not None
+        self._tlp_start = retransmission or 0
         self.stats.tlp_probes += 1
         self._tlp_end = snd_nxt
 
@@ -269,6 +273,7 @@ class LossRecovery:
             self.stats.dupacks_received += 1
             if not sack_ok:
                 delivered += self.mss  # RFC 6937 3: DeliveredData without SACK
+        self._tlp_on_ack(now, snd_una, snd_nxt)
         if sack_ok:
             self._rack_detect(now)
         loss_seen = sb.lost_bytes or (not sack_ok and self._dupacks >= DUP_THRESH)
@@ -277,6 +282,24 @@ class LossRecovery:
         if self._prr is not None and self.in_recovery and delivered:
             self._prr.on_ack(delivered, pipe=sb.pipe, ssthresh=self.cc.ssthresh, mss=self.mss)
         return newly_sacked
+
+    def _tlp_on_ack(self, now: float, snd_una: int, snd_nxt: int) -> None:
+        """RFC 8985 7.4.2: judge a probe's episode once the ACK reaches TLP.end_seq."""
+        end = self._tlp_end
+        if end is None or snd_una < end:
+            return
+        if self._tlp_retrans:
+            if snd_una == end:
+                return  # the original or the probe arrived; wait for a D-SACK or more
+            # Past TLP.end_seq with no D-SACK for the probe: it repaired a real loss, and
+            # congestion control responds to it (the loss was in the probe's flight).
+            if not self.in_recovery:
+                self.cc.on_loss(now=now, in_flight=self._reduction_flight(snd_una, snd_nxt))
+                self.cc.on_recovery_end(now=now)
+                self.stats.tlp_recoveries += 1
+        # A probe of new data, or one reported as a duplicate: no loss to answer.
+        self._tlp_end = None
+        self._tlp_retrans = False
 
     def _may_enter_recovery(self, snd_una: int, snd_nxt: int) -> bool:
         # RFC 6675 5.1 / RFC 6582 3.2 (4): after an RTO, no new recovery (and no second loss
@@ -326,7 +349,7 @@ class LossRecovery:
             self.stats.spurious_retransmits += 1
             if self._undo_retrans == 0:
                 self._undo_congestion_response()
-        if self._tlp_end is not None and self._tlp_retrans and hi <= self._tlp_end:
+        if self._tlp_end is not None and self._tlp_retrans and lo <= self._tlp_start < hi:
             self._tlp_retrans = False  # RFC 8985 7.4.2: the probe was a duplicate
 
     def _undo_congestion_response(self) -> None:
@@ -389,15 +412,6 @@ class LossRecovery:
             elapsed = now - last.xmit_time
             if elapsed > 0:
                 self.delivery_rate = (self.stats.bytes_acked - last.delivered) / elapsed
-        if self._tlp_end is not None and ack_off >= self._tlp_end:
-            # RFC 8985 7.4.2: the probe's episode is over. A retransmitted probe that was not
-            # reported as a duplicate repaired a real loss: respond to it as congestion.
-            if self._tlp_retrans and not self.in_recovery:
-                self.cc.on_loss(now=now, in_flight=self._reduction_flight(ack_off, snd_nxt))
-                self.cc.on_recovery_end(now=now)
-                self.stats.tlp_recoveries += 1
-            self._tlp_end = None
-            self._tlp_retrans = False
         if self._rto_point is not None and ack_off >= self._rto_point:
             self._rto_point = None  # RFC 6675 5.1: the timeout's recovery is over
         if self.in_recovery and self._recovery_point is not None:

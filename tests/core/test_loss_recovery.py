@@ -58,6 +58,48 @@ class TestTimeout:
         assert data_offsets(out) == [start(1), start(2)]
 
 
+class TestTailLossProbe:
+    def probe(self) -> tuple[Connection, float]:
+        """Two segments out at T_EST; the PTO (2 SRTT) fires and resends the second."""
+        conn = established(TLP_CONFIG)
+        send(conn, 2, T_EST)
+        t = T_EST + 2 * 0.5
+        assert conn.next_timer() == t
+        conn.handle_timer(t)
+        assert data_offsets(conn.segments_to_send(t)) == [start(1)]
+        assert conn.stats.tlp_probes == 1
+        return conn, t
+
+    def test_ack_at_the_probes_end_then_its_dsack_is_no_loss(self) -> None:
+        # RFC 8985 7.4.2: the probe repaired a loss only if the ACK passes TLP.end_seq
+        # (strictly); an ACK at TLP.end_seq followed by a D-SACK for the probe says that
+        # both the original and the probe arrived: no congestion response.
+        conn, t = self.probe()
+        ssthresh, cwnd = conn.cc.ssthresh, conn.cc.cwnd
+        ack(conn, start(2), t + 0.4)
+        assert conn.cc.ssthresh == ssthresh
+        ack(conn, start(2), t + 0.5, (start(1), start(2)))
+        assert conn.stats.dsacks_received == 1
+        assert (conn.cc.ssthresh, conn.stats.tlp_recoveries) == (ssthresh, 0)
+        assert conn.cc.cwnd >= cwnd
+        # The episode is over: the next flight is not judged by this probe.
+        send(conn, 1, t + 0.6)
+        ack(conn, start(3), t + 1.1)
+        assert (conn.cc.ssthresh, conn.stats.tlp_recoveries) == (ssthresh, 0)
+
+    def test_probe_that_repaired_a_loss_is_answered_when_the_ack_passes_its_end(self) -> None:
+        # RFC 8985 7.4.2: no D-SACK for the probe and an ACK beyond TLP.end_seq: the probe
+        # repaired a real loss, and congestion control responds to it.
+        conn, t = self.probe()
+        ssthresh = conn.cc.ssthresh
+        ack(conn, start(2), t + 0.4)
+        assert conn.stats.tlp_recoveries == 0
+        send(conn, 1, t + 0.4)
+        ack(conn, start(3), t + 0.9)
+        assert conn.stats.tlp_recoveries == 1
+        assert conn.cc.ssthresh < ssthresh
+
+
 class Hole:
     """Drops every transmission of the client's ``nth`` data segment until ``open``."""
 
