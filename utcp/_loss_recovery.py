@@ -56,7 +56,8 @@ class LossRecovery:
         "_tlp_retrans",
         "_tlp_start",
         "_undo",
-        "_undo_retrans",
+        "_undo_ranges",
+        "_undo_until",
         "cc",
         "delivery_rate",
         "rack",
@@ -90,8 +91,13 @@ class LossRecovery:
         self._tlp_retrans = False  # the probe resent the segment starting at _tlp_start
         self._tlp_start = 0
         self._prr: Prr | None = None
-        self._undo: object | None = None  # controller state before the last reduction
-        self._undo_retrans = 0  # retransmissions since then not yet proven spurious
+        # RFC 3708: the last congestion response (an episode) can be undone while ``_undo``
+        # holds the controller state before it. ``_undo_ranges`` counts, per resent data
+        # range, the retransmissions of the episode not yet reported as duplicates;
+        # ``_undo_until`` is SND.NXT when the episode ended (see ``_on_new_ack``).
+        self._undo: object | None = None
+        self._undo_ranges: dict[tuple[int, int], int] = {}
+        self._undo_until: int | None = None
         self._eifel_tsval: int | None = None  # RFC 3522: TSval of the RTO retransmission
         self._pace_next = 0.0  # earliest time the next paced segment may leave
         self._pace_blocked = False  # output is waiting for the pacing clock...
@@ -148,7 +154,8 @@ class LossRecovery:
         self.stats.retransmits += 1
         self.stats.bytes_retransmitted += n
         if self._undo is not None:
-            self._undo_retrans += 1
+            key = (seg.start, seg.end - 1 if seg.fin else seg.end)
+            self._undo_ranges[key] = self._undo_ranges.get(key, 0) + 1
         self._sent_bytes(n, now)
 
     def on_new_data_sent(self, start: int, end: int, fin: bool, now: float) -> None:
@@ -344,10 +351,19 @@ class LossRecovery:
         response proves spurious, the response is undone (RFC 3708 5 / RFC 4015 idea)."""
         self.stats.dsacks_received += 1
         self.rack.on_dsack(snd_una, snd_nxt)  # RFC 8985 6.2 step 4
-        if self._undo is not None and self._undo_retrans > 0:
-            self._undo_retrans -= 1
-            self.stats.spurious_retransmits += 1
-            if self._undo_retrans == 0:
+        ranges = self._undo_ranges
+        if self._undo is not None and ranges:
+            # RFC 3708 3 / RFC 2883 5: only a D-SACK for a retransmission of this episode
+            # proves something, one retransmission per D-SACK; when all of them are proven
+            # duplicates, the response was spurious. A D-SACK for anything else (an
+            # original the network duplicated) proves nothing.
+            matched = [key for key in ranges if lo <= key[0] and key[1] <= hi]
+            for key in matched:
+                ranges[key] -= 1
+                if not ranges[key]:
+                    del ranges[key]
+            self.stats.spurious_retransmits += len(matched)
+            if matched and not ranges:
                 self._undo_congestion_response()
         if self._tlp_end is not None and self._tlp_retrans and lo <= self._tlp_start < hi:
             self._tlp_retrans = False  # RFC 8985 7.4.2: the probe was a duplicate
@@ -355,12 +371,27 @@ class LossRecovery:
     def _undo_congestion_response(self) -> None:
         assert self._undo is not None
         self.cc.undo(self._undo)
-        self._undo = None
+        self._forget_undo()
         self.stats.undos += 1
         if self._recovery_point is not None:
             self._recovery_point = None
             self._prr = None
             self.rack.on_recovery_exit()
+
+    def _begin_undo(self) -> None:
+        """A congestion response starts a new episode (RFC 3708): remember what to restore."""
+        self._undo = self.cc.snapshot()
+        self._undo_ranges.clear()
+        self._undo_until = None
+
+    def _end_undo_episode(self, snd_nxt: int) -> None:
+        if self._undo is not None and self._undo_until is None:
+            self._undo_until = snd_nxt
+
+    def _forget_undo(self) -> None:
+        self._undo = None
+        self._undo_ranges.clear()
+        self._undo_until = None
 
     def _rack_detect(self, now: float) -> None:
         """RFC 8985 6.2 step 5 / 6.3: mark losses, arm the reordering timer for the rest."""
@@ -412,11 +443,19 @@ class LossRecovery:
             elapsed = now - last.xmit_time
             if elapsed > 0:
                 self.delivery_rate = (self.stats.bytes_acked - last.delivered) / elapsed
+        if self._undo_until is not None and ack_off > self._undo_until:
+            # The episode can no longer be proven spurious: its last retransmission left
+            # before the data sent after the episode ended, so (barring reordering) a
+            # duplicate of it reaches the peer, and is reported, before that data is
+            # acknowledged. A D-SACK from now on is about something else.
+            self._forget_undo()
         if self._rto_point is not None and ack_off >= self._rto_point:
             self._rto_point = None  # RFC 6675 5.1: the timeout's recovery is over
+            self._end_undo_episode(snd_nxt)
         if self.in_recovery and self._recovery_point is not None:
             if ack_off >= self._recovery_point:
                 # RFC 6582 3.2 (3) / RFC 6675 5: a full ACK ends recovery.
+                self._end_undo_episode(snd_nxt)
                 self._recovery_point = None
                 self._prr = None
                 self.cc.on_recovery_end(now=now)
@@ -448,7 +487,6 @@ class LossRecovery:
             return
         if seq_diff(tsecr, tsval) < 0 and self._undo is not None:
             self.stats.spurious_rtos += 1
-            self._undo_retrans = 0
             self._undo_congestion_response()
             self._rto_point = None  # no recovery to finish: the original was delivered
             self.scoreboard.unmark_lost()
@@ -463,8 +501,7 @@ class LossRecovery:
                 sb.mark_lost(first)
         self._recovery_point = snd_nxt
         self.stats.fast_retransmits += 1
-        self._undo = self.cc.snapshot()
-        self._undo_retrans = 0
+        self._begin_undo()
         self.cc.on_loss(now=now, in_flight=self._reduction_flight(snd_una, snd_nxt))
         # RFC 9937 (PRR, which obsoletes RFC 6937): RecoverFS = pipe before the reduction.
         self._prr = Prr(sb.pipe + sb.lost_bytes)
@@ -522,8 +559,7 @@ class LossRecovery:
         RFC 5681 3.1). ``repeated``: it had already fired for this data; ``tsval``: the
         timestamp the retransmission will carry (None without timestamps)."""
         if not repeated:
-            self._undo = self.cc.snapshot()
-            self._undo_retrans = 0
+            self._begin_undo()
             self._eifel_tsval = tsval  # RFC 3522: the retransmission's TSval
         # RFC 5681 3.1: when a segment the timer already retransmitted times out again,
         # ssthresh is held constant; only cwnd goes back to one segment.

@@ -58,6 +58,61 @@ class TestTimeout:
         assert data_offsets(out) == [start(1), start(2)]
 
 
+class TestUndo:
+    def recovered(self) -> tuple[Connection, int, float]:
+        """Segment 0 of 10 lost: SACKs of 1-3 start recovery, 0 is resent and the ACK of
+        all 10 ends it. Returns the connection, ssthresh after the reduction, the time."""
+        conn = established()
+        send(conn, 10, T_EST)
+        out = ack(conn, start(0), T_EST + 0.5, (start(1), start(4)))
+        assert conn.stats.fast_retransmits == 1
+        assert data_offsets(out)[:1] == [start(0)]
+        ssthresh = conn.cc.ssthresh
+        ack(conn, start(10), T_EST + 1.0)
+        assert not conn.in_recovery
+        return conn, ssthresh, T_EST + 1.0
+
+    def test_dsack_for_the_retransmission_undoes_the_response(self) -> None:
+        # RFC 3708 3 / RFC 2883 5: the D-SACK says the retransmission was a duplicate,
+        # and it was the only retransmission of the episode: the response was spurious.
+        conn, ssthresh, t = self.recovered()
+        ack(conn, start(10), t + 0.01, (start(0), start(1)))
+        assert conn.stats.undos == 1
+        assert conn.cc.ssthresh > ssthresh
+
+    def test_dsack_for_a_duplicated_original_does_not_undo(self) -> None:
+        # RFC 3708 3: only D-SACKs for the retransmissions of the episode count; segment 5
+        # was never resent, its D-SACK says the network duplicated it.
+        conn, ssthresh, t = self.recovered()
+        ack(conn, start(10), t + 0.01, (start(5), start(6)))
+        assert conn.stats.dsacks_received == 1
+        assert (conn.stats.undos, conn.cc.ssthresh) == (0, ssthresh)
+
+    def test_every_retransmission_must_be_reported_a_duplicate(self) -> None:
+        # RFC 3708 3: the response was spurious only if all its retransmissions were.
+        conn = established()
+        send(conn, 10, T_EST)
+        out = ack(conn, start(0), T_EST + 0.5, (start(1), start(2)), (start(3), start(6)))
+        assert data_offsets(out)[:2] == [start(0), start(2)]
+        ssthresh = conn.cc.ssthresh
+        ack(conn, start(10), T_EST + 1.0)
+        ack(conn, start(10), T_EST + 1.01, (start(0), start(1)))
+        assert (conn.stats.undos, conn.cc.ssthresh) == (0, ssthresh)
+        ack(conn, start(10), T_EST + 1.02, (start(2), start(3)))
+        assert conn.stats.undos == 1
+        assert conn.cc.ssthresh > ssthresh
+
+    def test_dsack_after_the_episode_is_over_does_not_undo(self) -> None:
+        # Once SND.UNA passes the data sent after recovery ended, a duplicate of the
+        # retransmission would have been reported already: a D-SACK now is about
+        # something else (the network duplicating an old segment) and undoes nothing.
+        conn, ssthresh, t = self.recovered()
+        send(conn, 2, t)
+        ack(conn, start(12), t + 0.5)
+        ack(conn, start(12), t + 5.0, (start(0), start(1)))
+        assert (conn.stats.undos, conn.cc.ssthresh) == (0, ssthresh)
+
+
 class TestTailLossProbe:
     def probe(self) -> tuple[Connection, float]:
         """Two segments out at T_EST; the PTO (2 SRTT) fires and resends the second."""
