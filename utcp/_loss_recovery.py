@@ -267,27 +267,37 @@ class LossRecovery:
         """
         sb = self.scoreboard
         newly_sacked = 0
+        sacked_before = sb.sacked_bytes
         self.rack.begin_ack()
         if sack_ok and sack_blocks:
             newly_sacked = self._apply_sack_blocks(sack_blocks, old_una, snd_una, snd_nxt, now)
-        delivered = newly_sacked
+        newly_lost = False
         if snd_una > old_una:
-            delivered += snd_una - old_una
-            self._on_new_ack(now, old_una, snd_una, snd_nxt, sack_ok, tsecr, ts_rtt)
-        elif dupack:
+            newly_lost = self._on_new_ack(now, old_una, snd_una, snd_nxt, sack_ok, tsecr, ts_rtt)
+        # RFC 9937 4-5: DeliveredData = change in SND.UNA + change in SACKed bytes; bytes
+        # SACKed before and now cumulatively acknowledged leave the SACKed total, so they
+        # are not counted twice.
+        delivered = snd_una - old_una + sb.sacked_bytes - sacked_before
+        if snd_una == old_una and dupack:
             # RFC 5681 2: a duplicate ACK.
             self._dupacks += 1
             self.stats.dupacks_received += 1
             if not sack_ok:
                 delivered += self.mss  # RFC 6937 3: DeliveredData without SACK
         self._tlp_on_ack(now, snd_una, snd_nxt)
-        if sack_ok:
-            self._rack_detect(now)
+        if sack_ok and self._rack_detect(now):
+            newly_lost = True
         loss_seen = sb.lost_bytes or (not sack_ok and self._dupacks >= DUP_THRESH)
         if loss_seen and self._may_enter_recovery(snd_una, snd_nxt):
             self._enter_recovery(now, snd_una, snd_nxt, sack_ok)
-        if self._prr is not None and self.in_recovery and delivered:
-            self._prr.on_ack(delivered, pipe=sb.pipe, ssthresh=self.cc.ssthresh, mss=self.mss)
+        if self._prr is not None and self.in_recovery and delivered > 0:
+            self._prr.on_ack(
+                delivered,
+                pipe=sb.pipe,
+                ssthresh=self.cc.ssthresh,
+                mss=self.mss,
+                safe=snd_una > old_una and not newly_lost,
+            )
         return newly_sacked
 
     def _tlp_on_ack(self, now: float, snd_una: int, snd_nxt: int) -> None:
@@ -393,8 +403,9 @@ class LossRecovery:
         self._undo_ranges.clear()
         self._undo_until = None
 
-    def _rack_detect(self, now: float) -> None:
-        """RFC 8985 6.2 step 5 / 6.3: mark losses, arm the reordering timer for the rest."""
+    def _rack_detect(self, now: float) -> bool:
+        """RFC 8985 6.2 step 5 / 6.3: mark losses, arm the reordering timer for the rest.
+        Returns whether new losses were found."""
         sb = self.scoreboard
         lost_before = sb.lost_bytes
         reo = self.rack.reo_wnd(
@@ -405,6 +416,8 @@ class LossRecovery:
         self._rack_deadline = self.rack.detect_losses(sb, now, reo)
         if sb.lost_bytes > lost_before:
             self.stats.lost_segments += 1
+            return True
+        return False
 
     def _on_new_ack(
         self,
@@ -415,7 +428,9 @@ class LossRecovery:
         sack_ok: bool,
         tsecr: int | None,
         ts_rtt: float | None,
-    ) -> None:
+    ) -> bool:
+        """SND.UNA moved to ``ack_off``. Returns whether that marked a segment lost (a
+        NewReno partial ACK)."""
         sb = self.scoreboard
         acked_segments = sb.acknowledge(ack_off)
         acked = ack_off - old_una
@@ -464,7 +479,7 @@ class LossRecovery:
                 # RFC 6582 3.2 (5): a partial ACK: the next hole is lost too.
                 first = sb.first()
                 if first is not None:
-                    sb.mark_lost(first)
+                    return sb.mark_lost(first) > 0
         else:
             self.cc.on_ack(
                 now=now,
@@ -475,6 +490,7 @@ class LossRecovery:
                 snd_nxt=snd_nxt,
                 app_limited=ack_off > self._cwnd_limited_seq,
             )
+        return False
 
     def _eifel_check(self, tsecr: int | None) -> None:
         """RFC 3522 2 (Eifel detection): the first ACK of new data after a timeout that echoes

@@ -218,7 +218,7 @@ class Scoreboard:
 
 
 class Prr:
-    """Proportional rate reduction (RFC 6937 3): how much may be sent during recovery."""
+    """Proportional rate reduction (RFC 9937 4): how much may be sent during recovery."""
 
     __slots__ = ("delivered", "out", "quota", "recover_fs")
 
@@ -228,18 +228,24 @@ class Prr:
         self.out = 0  # prr_out
         self.quota = 0  # sndcnt left for this ACK
 
-    def on_ack(self, delivered: int, *, pipe: int, ssthresh: int, mss: int) -> None:
-        """RFC 6937 3, "On every ACK during recovery"."""
+    def on_ack(self, delivered: int, *, pipe: int, ssthresh: int, mss: int, safe: bool) -> None:
+        """RFC 9937 4, on every ACK during recovery that delivered data (DeliveredData).
+
+        ``safe``: RFC 9937's safeACK, an ACK that advances SND.UNA and indicates no further
+        loss; only then may the sender go one segment beyond what was delivered (PRR-SSRB).
+        """
         self.delivered += delivered
         if pipe > ssthresh:
             # Proportional part: sndcnt = CEIL(prr_delivered * ssthresh / RecoverFS) - prr_out.
             sndcnt = -(-self.delivered * ssthresh // self.recover_fs) - self.out
         else:
-            # PRR-SSRB: limit = MAX(prr_delivered - prr_out, DeliveredData) + MSS.
-            limit = max(self.delivered - self.out, delivered) + mss
-            sndcnt = min(ssthresh - pipe, limit)
+            # PRR-CRB by default: send what was delivered, catching up on what is owed.
+            sndcnt = max(self.delivered - self.out, delivered)
+            if safe:
+                sndcnt += mss  # PRR-SSRB: recovery is making good progress
+            sndcnt = min(ssthresh - pipe, sndcnt)
         if self.out == 0 and sndcnt <= 0:
-            sndcnt = mss  # RFC 6937 3 note: the fast retransmit itself always goes out
+            sndcnt = mss  # RFC 9937 4: the fast retransmit itself always goes out
         self.quota = max(sndcnt, 0)
 
     def on_sent(self, n: int) -> None:

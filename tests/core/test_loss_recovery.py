@@ -58,6 +58,34 @@ class TestTimeout:
         assert data_offsets(out) == [start(1), start(2)]
 
 
+class TestProportionalRateReduction:
+    def test_sacked_bytes_count_as_delivered_once(self) -> None:
+        # RFC 9937 4-5: DeliveredData = change in SND.UNA + change in SACKed bytes, where
+        # bytes SACKed earlier and now cumulatively acknowledged reduce the SACKed total.
+        conn = established()
+        send(conn, 10, T_EST)
+        ack(conn, start(0), T_EST + 0.5, (start(1), start(4)))
+        prr = conn.recovery._prr
+        assert prr is not None and prr.delivered == 3 * MSS
+        # The retransmission of 0 arrives: the ACK moves to 4, but 1-3 were delivered
+        # (SACKed) before: this ACK delivered one segment, not four.
+        ack(conn, start(4), T_EST + 1.0)
+        assert conn.in_recovery
+        assert prr.delivered == 4 * MSS
+
+    def test_ack_that_does_not_advance_snd_una_gets_no_slow_start_bonus(self) -> None:
+        # RFC 9937 4: PRR-CRB by default; PRR-SSRB's extra segment only on an ACK that
+        # advances SND.UNA and indicates no further loss. Segments 0-4 are lost and one
+        # ACK SACKs 5-9: pipe 0, ssthresh 7 segments, DeliveredData 5 segments: the five
+        # retransmissions go out, and no new segment beside them.
+        conn = established()
+        send(conn, 10, T_EST)
+        conn.send(b"y" * (10 * MSS))
+        out = ack(conn, start(0), T_EST + 0.5, (start(5), start(10)))
+        assert conn.cc.ssthresh == 7 * MSS
+        assert data_offsets(out) == [start(n) for n in range(5)]
+
+
 class TestUndo:
     def recovered(self) -> tuple[Connection, int, float]:
         """Segment 0 of 10 lost: SACKs of 1-3 start recovery, 0 is resent and the ACK of
