@@ -438,14 +438,15 @@ class LossRecovery:
         self._tlp_deadline = None  # RFC 8985 7.2: re-armed from this ACK
         if self._eifel_tsval is not None:
             self._eifel_check(tsecr)
-        # RTT: from the newest segment acked that was sent once (Karn, RFC 6298 (3)), else
-        # from the echoed timestamp (RFC 7323 4.1: only on ACKs that advance SND.UNA).
-        rtt: float | None = None
-        fresh = [s for s in acked_segments if s.retransmits == 0]
-        if fresh:
-            rtt = now - fresh[-1].xmit_time
-        elif ts_rtt is not None:
-            rtt = ts_rtt
+        # RTT (RFC 6298 (3), Karn): an ACK that covers a retransmitted segment is ambiguous,
+        # whatever else it covers: its sample comes from the echoed timestamp (RFC 7323
+        # 4.1, only on ACKs that advance SND.UNA), or there is none. Otherwise it times the
+        # newest segment this ACK delivered; segments SACKed before were delivered then.
+        rtt = ts_rtt
+        if not any(s.retransmits for s in acked_segments):
+            fresh = [s for s in acked_segments if not s.sacked]
+            if fresh:
+                rtt = now - fresh[-1].xmit_time
         if rtt is not None:
             self.rtt.on_sample(rtt)
         if acked_segments:

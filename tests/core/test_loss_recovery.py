@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
-from _factories import CONFIG, T_EST, L, established, peer
+import pytest
+from _factories import CONFIG, T_EST, L, established, local_ts, peer, peer_ts
 
 from utcp._connection import Connection
 from utcp._wire import ACK, Segment, decode_untrusted
@@ -84,6 +85,50 @@ class TestProportionalRateReduction:
         out = ack(conn, start(0), T_EST + 0.5, (start(5), start(10)))
         assert conn.cc.ssthresh == 7 * MSS
         assert data_offsets(out) == [start(n) for n in range(5)]
+
+
+class TestRttSamples:
+    def test_ack_covering_a_retransmission_gives_no_sample_without_timestamps(self) -> None:
+        # RFC 6298 3 (Karn): segment 0 was resent at T_EST + 0.5; the ACK of all ten at
+        # T_EST + 1.0 covers it and never-resent segments sent at T_EST. Timing those
+        # would measure 1.0 s on a 0.5 s path; without timestamps: no sample.
+        conn = established()
+        send(conn, 10, T_EST)
+        ack(conn, start(0), T_EST + 0.5, (start(1), start(4)))
+        ack(conn, start(10), T_EST + 1.0)
+        assert conn.rtt.srtt == 0.5
+        assert conn.rtt.latest_rtt == 0.5
+
+    def test_ack_covering_a_retransmission_samples_the_echoed_timestamp(self) -> None:
+        # RFC 7323 4.1: with timestamps, the sample is the echoed TSval's age: the
+        # retransmission's (T_EST + 0.5), which filled the hole, 0.5 s.
+        conn = established(ts=True)
+        mss = conn.effective_mss
+        conn.send(b"x" * (10 * mss))
+        conn.segments_to_send(T_EST)
+
+        def ts_ack(upto: int, now: float, echo: float, *sack: tuple[int, int]) -> None:
+            blocks = tuple((L(a), L(b)) for a, b in sack)
+            ts = (peer_ts(now), local_ts(conn, echo))
+            conn.receive_segment(peer(ACK, 1, upto, sack_blocks=blocks, timestamps=ts), now)
+            conn.segments_to_send(now)
+
+        ts_ack(1, T_EST + 0.5, T_EST, (1 + mss, 1 + 4 * mss))
+        assert conn.stats.fast_retransmits == 1
+        ts_ack(1 + 10 * mss, T_EST + 1.0, T_EST + 0.5)
+        assert conn.rtt.latest_rtt == pytest.approx(0.5)
+
+    def test_segments_sacked_earlier_give_no_sample_when_cumulatively_acked(self) -> None:
+        # Segment 0 (sent at T_EST) is delayed; 1 and 2 (sent 0.1 s later) are SACKed at
+        # T_EST + 0.6. The ACK at T_EST + 0.65 that covers all three was caused by 0: its
+        # sample is 0.65 s, not the age of 2, which was delivered before.
+        conn = established()
+        send(conn, 1, T_EST)
+        send(conn, 2, T_EST + 0.1)
+        ack(conn, start(0), T_EST + 0.6, (start(1), start(3)))
+        assert conn.stats.fast_retransmits == 0  # within RACK's reordering window
+        ack(conn, start(3), T_EST + 0.65)
+        assert conn.rtt.latest_rtt == pytest.approx(0.65)
 
 
 class TestUndo:
