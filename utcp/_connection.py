@@ -134,7 +134,8 @@ class Connection:
         self._fin_queued = False
         self._fin_offset: int | None = None
         self._syn_due = False
-        self._syn_retries = 0
+        self._syn_retries = 0  # timer retransmissions of our SYN (or SYN-ACK)
+        self._syn_sends = 0  # transmissions of it, for any reason
 
         # -- receive side --
         self.irs = 0
@@ -520,11 +521,14 @@ class Connection:
     def _syn_acked(self, seg: Segment, now: float) -> None:
         """Our SYN is acknowledged: RTT sample from the handshake (Karn: only if sent once)."""
         self._rto_deadline = None
-        if self._syn_retries == 0 and self._syn_time is not None:
+        # RFC 6298 3 (Karn): time the SYN (SYN-ACK) only if it was sent once, whether it was
+        # resent by the timer, for a duplicate SYN, or as the SYN-ACK of a simultaneous
+        # open; else from the echoed timestamp (RFC 7323 4.1).
+        if self._syn_sends == 1 and self._syn_time is not None:
             self.rtt.on_sample(now - self._syn_time)
         elif self.ts_ok and seg.timestamps is not None and seg.timestamps[1]:
             self.rtt.on_sample(self._ts_rtt(seg.timestamps[1], now))
-        else:
+        elif self._syn_retries:
             self.rtt.reset_after_syn_loss(RTO_AFTER_SYN_LOSS)
         self._rto_retries = 0
         self._connect_deadline = None
@@ -1036,7 +1040,8 @@ class Connection:
     def _syn_segment(self, now: float) -> Segment:
         """SYN or SYN-ACK with our options (RFC 9293 3.7.1, RFC 7323, RFC 2018)."""
         self._syn_due = False
-        if self._syn_retries == 0:
+        self._syn_sends += 1
+        if self._syn_sends == 1:
             self._syn_time = now
         else:
             self.stats.retransmits += 1

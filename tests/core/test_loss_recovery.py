@@ -11,10 +11,22 @@ import hashlib
 from dataclasses import replace
 
 import pytest
-from _factories import CONFIG, T_EST, L, established, local_ts, peer, peer_ts
+from _factories import (
+    CONFIG,
+    T_EST,
+    T_SYN,
+    L,
+    established,
+    local_ts,
+    peer,
+    peer_syn,
+    peer_ts,
+    syn_received,
+)
 
 from utcp._connection import Connection
-from utcp._wire import ACK, Segment, decode_untrusted
+from utcp._state import State
+from utcp._wire import ACK, SYN, Segment, decode_untrusted
 from utcp.testing import CLIENT_ADDR, HostPair, LinkConfig, random_payload
 
 MSS = 1400  # min(our 1452, the peer's 1400), no timestamps
@@ -129,6 +141,28 @@ class TestRttSamples:
         assert conn.stats.fast_retransmits == 0  # within RACK's reordering window
         ack(conn, start(3), T_EST + 0.65)
         assert conn.rtt.latest_rtt == pytest.approx(0.65)
+
+
+class TestHandshakeSample:
+    def test_duplicate_syn_does_not_restamp_the_syn_ack(self) -> None:
+        # RFC 6298 3 (Karn): the peer's SYN is retransmitted at T_SYN + 0.5 and we answer
+        # with our SYN-ACK again; its ACK at T_SYN + 0.6 may be for either copy. No sample
+        # (no timestamps here), so no SRTT of 0.1 s on a path of 0.6 s either.
+        conn = syn_received()
+        conn.receive_segment(peer_syn(), T_SYN + 0.5)
+        assert [s.flags for s in conn.segments_to_send(T_SYN + 0.5)] == [SYN | ACK]
+        conn.receive_segment(peer(ACK, 1, 1), T_SYN + 0.6)
+        assert conn.state is State.ESTABLISHED
+        assert conn.rtt.srtt is None
+        assert conn.rtt.current_rto() == CONFIG.initial_rto
+
+    def test_duplicate_syn_then_timestamps_give_the_sample(self) -> None:
+        conn = syn_received(ts=True)
+        conn.receive_segment(peer_syn(ts=True), T_SYN + 0.5)
+        conn.segments_to_send(T_SYN + 0.5)
+        ts = (peer_ts(T_SYN + 0.3), local_ts(conn, T_SYN))
+        conn.receive_segment(peer(ACK, 1, 1, timestamps=ts), T_SYN + 0.6)
+        assert conn.rtt.srtt == pytest.approx(0.6)
 
 
 class TestUndo:
