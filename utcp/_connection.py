@@ -530,6 +530,10 @@ class Connection:
             self.rtt.on_sample(self._ts_rtt(seg.timestamps[1], now))
         elif self._syn_retries:
             self.rtt.reset_after_syn_loss(RTO_AFTER_SYN_LOSS)
+        if self._syn_sends > 2:
+            # RFC 6928 2: the initial window is reset to one segment only after "more than
+            # one SYN or SYN/ACK retransmissions" (one may be spurious with a 1 s RTO).
+            self.cc.on_handshake_loss()
         self._rto_retries = 0
         self._connect_deadline = None
 

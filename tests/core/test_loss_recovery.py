@@ -22,6 +22,7 @@ from _factories import (
     peer_syn,
     peer_ts,
     syn_received,
+    syn_sent,
 )
 
 from utcp._connection import Connection
@@ -163,6 +164,37 @@ class TestHandshakeSample:
         ts = (peer_ts(T_SYN + 0.3), local_ts(conn, T_SYN))
         conn.receive_segment(peer(ACK, 1, 1, timestamps=ts), T_SYN + 0.6)
         assert conn.rtt.srtt == pytest.approx(0.6)
+
+
+class TestInitialWindow:
+    def connected_after(self, syn_retransmissions: int) -> Connection:
+        """SYN-SENT; the SYN resent by the timer ``syn_retransmissions`` times; then the
+        peer's SYN-ACK arrives and we send ten segments of data."""
+        conn = syn_sent()
+        t = T_SYN
+        for n in range(syn_retransmissions):
+            t += 2.0**n
+            conn.handle_timer(t)
+            assert [s.flags for s in conn.segments_to_send(t)] == [SYN]
+        t += 0.5
+        synack = peer(SYN | ACK, 0, 1, window=65535, mss=1400, wscale=7, sack_permitted=True)
+        conn.receive_segment(synack, t)
+        assert conn.state is State.ESTABLISHED
+        conn.send(b"x" * (10 * MSS))
+        return conn
+
+    def test_one_segment_after_more_than_one_syn_retransmission(self) -> None:
+        # RFC 6928 2: implementations refrain from resetting the initial window to one
+        # segment "unless there have been more than one SYN or SYN/ACK retransmissions".
+        conn = self.connected_after(2)
+        out = conn.segments_to_send(4.0)
+        assert data_offsets(out) == [start(0)]
+        assert conn.cc.cwnd == MSS
+
+    def test_initial_window_kept_after_a_single_syn_retransmission(self) -> None:
+        conn = self.connected_after(1)
+        out = conn.segments_to_send(2.0)
+        assert data_offsets(out) == [start(n) for n in range(10)]
 
 
 class TestUndo:

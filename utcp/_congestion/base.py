@@ -100,6 +100,12 @@ class CongestionController(abc.ABC):
             self.cwnd = max(self.cwnd * mss // max(1, rescale_from), mss)
         self.mss = mss
 
+    def on_handshake_loss(self) -> None:
+        """The SYN or SYN-ACK was retransmitted more than once: RFC 6928 2 (and RFC 5681
+        3.1) then start with an initial window of one segment."""
+        self.cwnd = min(self.cwnd, self.mss)
+        self._cwnd_frac = 0.0
+
     def take_over(self, other: CongestionController) -> None:
         """TCP_CONGESTION: this controller replaces ``other``, keeping its cwnd and ssthresh."""
         self.cwnd, self.ssthresh = other.cwnd, other.ssthresh
