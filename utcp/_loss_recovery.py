@@ -48,6 +48,7 @@ class LossRecovery:
         "_pacing",
         "_prr",
         "_rack_deadline",
+        "_recovery_lost",
         "_recovery_point",
         "_rto_point",
         "_tlp_deadline",
@@ -84,6 +85,7 @@ class LossRecovery:
         self._dupacks = 0
         self._recovery_point: int | None = None  # RFC 6675 "RecoveryPoint" (fast recovery)
         self._rto_point: int | None = None  # RFC 6675 5.1: RecoveryPoint after an RTO
+        self._recovery_lost = 0  # Scoreboard.lost_total before this recovery's losses
         self._rack_deadline: float | None = None  # RFC 8985 6.3 reordering timer
         self._tlp_deadline: float | None = None  # RFC 8985 7.2 probe timeout
         self._tlp_due = False
@@ -312,7 +314,8 @@ class LossRecovery:
             # congestion control responds to it (the loss was in the probe's flight).
             if not self.in_recovery:
                 self.cc.on_loss(now=now, in_flight=self._reduction_flight(snd_una, snd_nxt))
-                self.cc.on_recovery_end(now=now)
+                # RFC 7661 4.4.1: R, the data lost: the segment the probe repaired.
+                self.cc.on_recovery_end(now=now, lost=end - self._tlp_start)
                 self.stats.tlp_recoveries += 1
         # A probe of new data, or one reported as a duplicate: no loss to answer.
         self._tlp_end = None
@@ -474,7 +477,9 @@ class LossRecovery:
                 self._end_undo_episode(snd_nxt)
                 self._recovery_point = None
                 self._prr = None
-                self.cc.on_recovery_end(now=now)
+                # RFC 7661 4.4.1: R is the data deemed lost during the recovery.
+                lost = sb.lost_total - self._recovery_lost
+                self.cc.on_recovery_end(now=now, lost=lost)
                 self.rack.on_recovery_exit()
             elif not sack_ok:
                 # RFC 6582 3.2 (5): a partial ACK: the next hole is lost too.
@@ -512,6 +517,8 @@ class LossRecovery:
     def _enter_recovery(self, now: float, snd_una: int, snd_nxt: int, sack_ok: bool) -> None:
         """RFC 6675 5 / RFC 6582 3.2: fast retransmit and fast recovery, with PRR."""
         sb = self.scoreboard
+        # The losses that start the recovery belong to it (those marked by this ACK).
+        self._recovery_lost = sb.lost_total - sb.lost_bytes
         if not sack_ok:
             first = sb.first()
             if first is not None:

@@ -58,6 +58,7 @@ class Scoreboard:
         self.pipe = 0
         self.sacked_bytes = 0
         self.lost_bytes = 0
+        self.lost_total = 0  # bytes ever deemed lost (a segment each time it is)
         self.reordered = 0  # segments deemed lost that arrived without a retransmission
         self.sacked_segments = 0
         self._lost_queue: deque[SentSegment] = deque()
@@ -152,6 +153,7 @@ class Scoreboard:
         seg.lost = True
         self.pipe -= n
         self.lost_bytes += n
+        self.lost_total += n
         self._lost_queue.append(seg)
         return n
 
@@ -173,6 +175,7 @@ class Scoreboard:
                 self.sacked_bytes -= n
                 seg.lost = True
                 self.lost_bytes += n
+                self.lost_total += n
                 self._lost_queue.append(seg)
             elif seg.lost:
                 self._lost_queue.append(seg)

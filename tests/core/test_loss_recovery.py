@@ -197,6 +197,27 @@ class TestInitialWindow:
         assert data_offsets(out) == [start(n) for n in range(10)]
 
 
+class TestRecoveryEnd:
+    def test_recovery_end_reports_the_bytes_lost(self) -> None:
+        # RFC 7661 4.4.1: at the end of recovery the controller hears R, the bytes deemed
+        # lost during it (window validation bases cwnd on what was really delivered).
+        conn = established()
+        reported: list[int] = []
+        on_recovery_end = conn.cc.on_recovery_end
+
+        def record(*, now: float, lost: int = 0) -> None:
+            reported.append(lost)
+            on_recovery_end(now=now, lost=lost)
+
+        conn.cc.on_recovery_end = record  # type: ignore[method-assign]
+        send(conn, 10, T_EST)
+        ack(conn, start(0), T_EST + 0.5, (start(1), start(4)), (start(5), start(10)))
+        assert conn.in_recovery
+        ack(conn, start(10), T_EST + 1.0)
+        assert not conn.in_recovery
+        assert reported == [2 * MSS]
+
+
 class TestUndo:
     def recovered(self) -> tuple[Connection, int, float]:
         """Segment 0 of 10 lost: SACKs of 1-3 start recovery, 0 is resent and the ACK of
