@@ -103,6 +103,7 @@ class Scoreboard:
         if head > 64 and head * 2 > len(segs):
             del segs[:head]
             self._head = 0
+        self._trim_retransmitted()
         return done
 
     def _forget(self, seg: SentSegment, n: int) -> None:
@@ -198,6 +199,24 @@ class Scoreboard:
         seg.retransmits += 1
         seg.xmit_time = now
         self.retransmitted.append((seg, now))
+        self._trim_retransmitted()
+
+    def _trim_retransmitted(self) -> None:
+        """Keep the log of retransmissions bounded by the segments in flight.
+
+        An entry is dead once its segment is acknowledged or sent again (a newer entry
+        stands for it). RACK skips dead entries as it walks; without SACK nothing walks,
+        so they go here: from the front as ACKs arrive, and all at once when they make up
+        more than half the log (amortised O(1): the log is then at most twice the
+        segments in flight, and at most their number right after).
+        """
+        q = self.retransmitted
+        while q and (q[0][0].acked or q[0][0].xmit_time != q[0][1]):
+            q.popleft()
+        if len(q) > 2 * len(self):
+            live = [(seg, when) for seg, when in q if not seg.acked and seg.xmit_time == when]
+            q.clear()
+            q.extend(live)
 
     def unmark_lost(self) -> None:
         """A spurious timeout (RFC 4015 2): segments marked lost and not yet sent again

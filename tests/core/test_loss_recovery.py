@@ -25,6 +25,7 @@ from _factories import (
     syn_sent,
 )
 
+from utcp import Config
 from utcp._connection import Connection
 from utcp._state import State
 from utcp._wire import ACK, SYN, Segment, decode_untrusted
@@ -313,6 +314,33 @@ class TestTailLossProbe:
         ack(conn, start(3), t + 0.9)
         assert conn.stats.tlp_recoveries == 1
         assert conn.cc.ssthresh < ssthresh
+
+
+class TestMemory:
+    def test_retransmission_log_without_sack_holds_only_what_is_in_flight(self) -> None:
+        # Without SACK, RACK never runs, and it was the only reader that drained the log of
+        # retransmissions: every one ever made stayed for the connection's life. Entries
+        # for acknowledged (or resent again) segments now go as the ACKs arrive: the log
+        # stays within twice the segments in flight, and is empty once all is acked.
+        config = Config(sack=False)
+        pair = HostPair(seed=3, link=LinkConfig(delay=0.02, loss=0.03), config=config)
+        client, server = pair.connect()
+        assert not client.sack_ok
+        peak = 0
+
+        def sample() -> bool:
+            nonlocal peak
+            sb = client.scoreboard
+            assert len(sb.retransmitted) <= 2 * len(sb)
+            peak = max(peak, len(sb.retransmitted))
+            return False
+
+        pair.net.add_filter(lambda now, src, dst, data: sample())
+        data = random_payload(5, 1_000_000)
+        assert pair.transfer(data, b"", connection=(client, server)).intact
+        assert client.stats.retransmits > 10
+        assert peak > 0
+        assert len(client.scoreboard.retransmitted) == 0
 
 
 class Hole:
