@@ -167,7 +167,9 @@ class Connection:
         # -- timers, estimators, loss recovery and congestion control --
         self.recovery = LossRecovery(config, mss=self.local_mss, stats=self.stats)
         self._rto_deadline: float | None = None
-        self._rto_retries = 0
+        self._rto_retries = 0  # RTO expiries since SND.UNA last advanced
+        self._rto_answered = 0  # ...of which window probes the peer answered
+        self._last_rto_time = -1.0
         self._connect_deadline: float | None = None
         self._persist_deadline: float | None = None
         self._persist_backoff = 0
@@ -708,7 +710,7 @@ class Connection:
             self._snd_una = ack_off
             released = self.sndbuf.acknowledge(min(ack_off, self.sndbuf.end))
             self.stats.bytes_acked += released
-            self._rto_retries = 0
+            self._rto_retries = self._rto_answered = 0
             self._persist_backoff = 0
         tsecr = seg.timestamps[1] if self.ts_ok and seg.timestamps is not None else None
         newly_sacked = self.recovery.on_ack(
@@ -950,7 +952,14 @@ class Connection:
             self._rto_deadline = None
             return
         self._rto_retries += 1
-        if self._rto_retries > self.config.max_retransmissions:
+        if self.snd_wnd == 0 and self._last_recv_time > self._last_rto_time:
+            # RFC 9293 3.8.6.1: with the peer's window closed, a retransmission is a window
+            # probe, and the connection is kept while the peer answers them: an expiry the
+            # peer answered since the last one does not count toward the limit (as Linux's
+            # retransmission timer treats a zero window).
+            self._rto_answered += 1
+        self._last_rto_time = now
+        if self._rto_retries - self._rto_answered > self.config.max_retransmissions:
             self._terminate(now, ConnectionTimedOut("retransmission limit"), rst=True)
             return
         self.recovery.on_rto(
@@ -1142,14 +1151,21 @@ class Connection:
                     # RFC 9293 3.8.6.1: zero window probe <SEQ=SND.UNA-1> draws an ACK.
                     out.append(self._segment(ACK, (self.snd_una - 1) & MASK, b"", now))
                 return
-            force = False
+            # RFC 9293 3.8.6.1: the FIN occupies sequence space and waits for the peer's
+            # window like data (a receiver rejects SEG.LEN 1 with RCV.WND 0); Linux's send
+            # window test counts it too.
             fin = (
                 self._fin_pending()
                 and nxt + n == data_end
+                and nxt + n < wnd_edge
                 and (n > 0 or cwnd_room > 0 or not sb.pipe)
             )
             if n == 0 and not fin:
+                if force and not probe and fin_to_send and nxt >= wnd_edge:
+                    # A persist timeout with only the FIN left: probe the window.
+                    out.append(self._segment(ACK, (self.snd_una - 1) & MASK, b"", now))
                 return
+            force = False
             end = nxt + n + (1 if fin else 0)
             out.append(self._data_segment(nxt, end, fin, now))
             self._snd_nxt = end

@@ -28,7 +28,7 @@ from _factories import (
 from utcp import Config
 from utcp._connection import Connection
 from utcp._state import State
-from utcp._wire import ACK, SYN, Segment, decode_untrusted
+from utcp._wire import ACK, FIN, SYN, Segment, decode_untrusted
 from utcp.testing import CLIENT_ADDR, HostPair, LinkConfig, random_payload
 
 MSS = 1400  # min(our 1452, the peer's 1400), no timestamps
@@ -341,6 +341,79 @@ class TestMemory:
         assert client.stats.retransmits > 10
         assert peak > 0
         assert len(client.scoreboard.retransmitted) == 0
+
+
+class TestZeroWindow:
+    def test_shutdown_into_a_zero_window_waits_for_the_window(self) -> None:
+        # RFC 9293 3.8.6.1: the FIN occupies sequence space and waits for window like data
+        # (a conforming receiver rejects SEG.LEN 1 with RCV.WND 0). It was sent anyway,
+        # every RTO resent it, each was answered by an ACK, and after max_retransmissions
+        # the connection was aborted. Here the server does not read for 10 minutes.
+        window = 65535  # no window scaling: the window is exactly this
+        pair = HostPair(
+            seed=4,
+            link=LinkConfig(delay=0.05),
+            client_config=Config(max_retransmissions=3, nodelay=True),
+            server_config=Config(receive_buffer_size=window),
+        )
+        client, server = pair.connect()
+        data = random_payload(6, window)
+        assert client.send(data) == window
+        pair.net.run(lambda: client.bytes_in_flight == 0 and client.snd_wnd == 0, timeout=10.0)
+        client.shutdown(pair.now)
+        pair.net.run_for(600.0)
+        assert client.error is None
+        assert client.state is State.FIN_WAIT_1
+        received = bytearray()
+
+        def read() -> bool:
+            received.extend(server.receive(1 << 20))
+            return server.at_eof and client.state is State.FIN_WAIT_2
+
+        pair.net.run(read, timeout=120.0)
+        assert received == data
+
+    def test_rtos_answered_while_the_window_is_zero_do_not_count(self) -> None:
+        # The peer answers every retransmission with an ACK that shrinks the window to 0
+        # (a receiver may shrink it, RFC 9293 3.8.6.2.2 only asks it not to). Each RTO's
+        # retransmission is then a window probe that was answered: as in Linux, the
+        # connection lives on while the peer keeps answering (RFC 9293 3.8.6.1).
+        conn = established(replace(CONFIG, max_retransmissions=2))
+        send(conn, 1, T_EST)
+        t = T_EST
+        for _ in range(5):
+            t = conn.next_timer() or 0.0
+            conn.handle_timer(t)
+            assert data_offsets(conn.segments_to_send(t)) == [start(0)]
+            conn.receive_segment(peer(ACK, 1, start(0), window=0), t + 0.5)
+            conn.segments_to_send(t + 0.5)
+        assert conn.error is None
+        assert conn.state is State.ESTABLISHED
+        # The peer takes the data at last.
+        conn.receive_segment(peer(ACK, 1, start(1)), t + 0.6)
+        assert conn.bytes_in_flight == 0 and conn.error is None
+
+    def test_fin_waits_for_window_and_is_probed_for(self) -> None:
+        # RFC 9293 3.8.6.1: with the peer's window closed, shutdown() sends no FIN; the
+        # persist timer probes (<SEQ=SND.UNA-1>) instead, and probes the peer answers never
+        # exhaust max_retransmissions. The FIN goes once the window opens.
+        conn = established(replace(CONFIG, max_retransmissions=2))
+        send(conn, 1, T_EST)
+        conn.receive_segment(peer(ACK, 1, start(1), window=0), T_EST + 0.5)
+        conn.shutdown(T_EST + 0.5)
+        assert conn.segments_to_send(T_EST + 0.5) == []
+        t = T_EST + 0.5
+        for _ in range(6):
+            t = conn.next_timer() or 0.0
+            conn.handle_timer(t)
+            (probe,) = conn.segments_to_send(t)
+            assert (probe.flags, probe.seq, probe.payload) == (ACK, L(start(1) - 1), b"")
+            conn.receive_segment(peer(ACK, 1, start(1), window=0), t + 0.5)
+            assert conn.segments_to_send(t + 0.5) == []
+        assert conn.state is State.FIN_WAIT_1 and conn.error is None
+        conn.receive_segment(peer(ACK, 1, start(1)), t + 1.0)
+        (fin,) = conn.segments_to_send(t + 1.0)
+        assert (fin.flags, fin.seq) == (ACK | FIN, L(start(1)))
 
 
 class Hole:
