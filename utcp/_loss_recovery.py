@@ -283,7 +283,6 @@ class LossRecovery:
         if snd_una == old_una and dupack:
             # RFC 5681 2: a duplicate ACK.
             self._dupacks += 1
-            self.stats.dupacks_received += 1
             if not sack_ok:
                 delivered += self.mss  # RFC 6937 3: DeliveredData without SACK
         self._tlp_on_ack(now, snd_una, snd_nxt)
@@ -508,7 +507,6 @@ class LossRecovery:
         if tsval is None or tsecr is None:
             return
         if seq_diff(tsecr, tsval) < 0 and self._undo is not None:
-            self.stats.spurious_rtos += 1
             self._undo_congestion_response()
             self._rto_point = None  # no recovery to finish: the original was delivered
             self.scoreboard.unmark_lost()

@@ -166,10 +166,6 @@ class CongestionController(abc.ABC):
         self.cwv.on_loss(in_flight=in_flight)
         self._on_loss(now=now, in_flight=in_flight)
 
-    def on_congestion(self, *, now: float, in_flight: int) -> None:
-        """Deprecated alias of ``on_loss``, kept until every caller is switched."""
-        self.on_loss(now=now, in_flight=in_flight)
-
     def on_rto(self, *, now: float, in_flight: int, repeated: bool = False) -> None:
         """The retransmission timer expired; ``in_flight`` as for ``on_loss``.
 
