@@ -152,6 +152,9 @@ class LossRecovery:
     def on_retransmit(self, seg: SentSegment, now: float) -> None:
         """``seg`` was sent again."""
         self.scoreboard.on_retransmit(seg, now)
+        # Its delivery rate sample will run from this send: what was delivered until now
+        # does not count (as Linux stamps every transmission, tcp_rate_skb_sent).
+        seg.delivered = self.stats.bytes_acked
         n = seg.end - seg.start
         self.stats.retransmits += 1
         self.stats.bytes_retransmitted += n

@@ -219,6 +219,21 @@ class TestRecoveryEnd:
         assert reported == [2 * MSS]
 
 
+class TestDeliveryRate:
+    def test_rate_sample_of_a_retransmission_counts_from_its_resend(self) -> None:
+        # The delivery rate is the data delivered since the acknowledged segment left over
+        # the time since. Segment 9 is lost, 0-8 are acknowledged, 9 is resent at the RTO
+        # and acknowledged 0.5 s later: one segment in 0.5 s, not ten.
+        conn = established()
+        send(conn, 10, T_EST)
+        ack(conn, start(9), T_EST + 0.5)
+        t = conn.next_timer() or 0.0
+        conn.handle_timer(t)
+        assert data_offsets(conn.segments_to_send(t)) == [start(9)]
+        ack(conn, start(10), t + 0.5)
+        assert conn.delivery_rate == pytest.approx(MSS / 0.5)
+
+
 class TestUndo:
     def recovered(self) -> tuple[Connection, int, float]:
         """Segment 0 of 10 lost: SACKs of 1-3 start recovery, 0 is resent and the ACK of
