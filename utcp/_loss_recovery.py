@@ -50,6 +50,7 @@ class LossRecovery:
         "_rack_deadline",
         "_recovery_lost",
         "_recovery_point",
+        "_reno_sacked",
         "_rto_point",
         "_tlp_deadline",
         "_tlp_due",
@@ -83,6 +84,8 @@ class LossRecovery:
         self.rack = Rack()
         self.delivery_rate = 0.0  # bytes per second, latest sample
         self._dupacks = 0
+        # Without SACK: bytes duplicate ACKs said were delivered, not yet cumulatively acked.
+        self._reno_sacked = 0
         self._recovery_point: int | None = None  # RFC 6675 "RecoveryPoint" (fast recovery)
         self._rto_point: int | None = None  # RFC 6675 5.1: RecoveryPoint after an RTO
         self._recovery_lost = 0  # Scoreboard.lost_total before this recovery's losses
@@ -283,11 +286,19 @@ class LossRecovery:
         # SACKed before and now cumulatively acknowledged leave the SACKed total, so they
         # are not counted twice.
         delivered = snd_una - old_una + sb.sacked_bytes - sacked_before
+        if not sack_ok and snd_una > old_una:
+            # RFC 9937 (no SACK): the segments duplicate ACKs counted as delivered are
+            # covered again by the cumulative ACK; like Linux (tcp_remove_reno_sacks), it
+            # delivered at least one segment, the one that filled the hole.
+            advance = snd_una - old_una
+            delivered = max(advance - self._reno_sacked, min(advance, self.mss))
+            self._reno_sacked = max(0, self._reno_sacked - max(advance - self.mss, 0))
         if snd_una == old_una and dupack:
             # RFC 5681 2: a duplicate ACK.
             self._dupacks += 1
             if not sack_ok:
-                delivered += self.mss  # RFC 6937 3: DeliveredData without SACK
+                delivered += self.mss  # RFC 9937: DeliveredData without SACK
+                self._reno_sacked = min(self._reno_sacked + self.mss, snd_nxt - snd_una)
         self._tlp_on_ack(now, snd_una, snd_nxt)
         if sack_ok and self._rack_detect(now):
             newly_lost = True
@@ -601,6 +612,7 @@ class LossRecovery:
         self._tlp_deadline = None
         self._tlp_end = None
         self._dupacks = 0
+        self._reno_sacked = 0
 
     def stop_timers(self) -> None:
         """Nothing is left to send or probe: TIME-WAIT, or the connection is gone."""

@@ -88,6 +88,21 @@ class TestProportionalRateReduction:
         assert conn.in_recovery
         assert prr.delivered == 4 * MSS
 
+    def test_without_sack_duplicate_acks_are_not_counted_again(self) -> None:
+        # RFC 9937 (DeliveredData without SACK): each duplicate ACK stands for one segment
+        # delivered; the partial ACK that later covers those segments delivered only the
+        # retransmission. Segments 0 and 5 are lost; 1-4 and 6-9 draw 8 duplicate ACKs
+        # (the third starts recovery); the resent 0 moves the ACK to 5.
+        conn = established(sack_permitted=False)
+        send(conn, 10, T_EST)
+        for n in range(8):
+            ack(conn, start(0), T_EST + 0.5 + n * 0.001)
+        prr = conn.recovery._prr
+        assert prr is not None and prr.delivered == 6 * MSS
+        ack(conn, start(5), T_EST + 1.0)
+        assert conn.in_recovery
+        assert prr.delivered == 7 * MSS
+
     def test_ack_that_does_not_advance_snd_una_gets_no_slow_start_bonus(self) -> None:
         # RFC 9937 4: PRR-CRB by default; PRR-SSRB's extra segment only on an ACK that
         # advances SND.UNA and indicates no further loss. Segments 0-4 are lost and one
