@@ -21,18 +21,12 @@ from __future__ import annotations
 
 from . import _congestion
 from ._config import Config
+from ._pacing import Pacer, pacing_rate
 from ._rack import Rack, probe_timeout
 from ._recovery import DUP_THRESH, Prr, Scoreboard, SentSegment
 from ._rtt import RttEstimator
 from ._seq import seq_diff
 from ._stats import ConnectionStats
-
-# Pacing: the pacing clock may run this far ahead of now, so segments leave in bursts of
-# about 1 ms of the pacing rate (Linux sizes its bursts the same way, sk_pacing_shift 10),
-# and at least PACING_BURST segments: at high rates a timer per segment costs more than the
-# burst it avoids.
-PACING_BURST = 2
-PACING_QUANTUM = 0.001
 
 
 class LossRecovery:
@@ -42,9 +36,7 @@ class LossRecovery:
         "_cwnd_limited_seq",
         "_dupacks",
         "_eifel_tsval",
-        "_pace_blocked",
-        "_pace_next",
-        "_pace_wake",
+        "_pacer",
         "_pacing",
         "_prr",
         "_rack_deadline",
@@ -104,9 +96,7 @@ class LossRecovery:
         self._undo_ranges: dict[tuple[int, int], int] = {}
         self._undo_until: int | None = None
         self._eifel_tsval: int | None = None  # RFC 3522: TSval of the RTO retransmission
-        self._pace_next = 0.0  # earliest time the next paced segment may leave
-        self._pace_blocked = False  # output is waiting for the pacing clock...
-        self._pace_wake = 0.0  # ...until then
+        self._pacer = Pacer()
         self._cwnd_limited_seq = 0  # cwnd was the limit when SND.NXT was here
 
     @property
@@ -139,7 +129,7 @@ class LossRecovery:
 
     def output_started(self) -> None:
         """An output pass begins: it decides afresh whether pacing holds it back."""
-        self._pace_blocked = False
+        self._pacer.release()
 
     def next_retransmission(self, now: float) -> SentSegment | None:
         """The lowest segment deemed lost, if the window and the pacer let it go now
@@ -178,9 +168,7 @@ class LossRecovery:
     def _sent_bytes(self, n: int, now: float) -> None:
         if self._prr is not None and self.in_recovery:
             self._prr.on_sent(n)
-        rate = self._pacing_rate()
-        if rate is not None:
-            self._pace_next = max(self._pace_next, now) + n / rate
+        self._pacer.on_sent(n, now, self._pacing_rate())
 
     def take_probe(self) -> bool:
         """A tail loss probe is due (RFC 8985 7.3); True once per probe timeout."""
@@ -231,25 +219,17 @@ class LossRecovery:
     # ------------------------------------------------------------------ pacing
 
     def _pacing_rate(self) -> float | None:
-        """Pacing: spread a window over the RTT at rate cwnd/SRTT (x2 in slow start, x1.25
-        after, as Linux does). None while pacing is off or there is no RTT estimate."""
-        srtt = self.rtt.srtt
-        if not self._pacing or srtt is None or srtt <= 0:
+        """Bytes per second; None while pacing is off (Config.pacing) or before an RTT."""
+        if not self._pacing:
             return None
-        gain = 2.0 if self.cc.in_slow_start() else 1.25
-        return gain * max(self.cc.cwnd, self.mss) / srtt
+        cc = self.cc
+        return pacing_rate(
+            srtt=self.rtt.srtt, cwnd=cc.cwnd, mss=self.mss, slow_start=cc.in_slow_start()
+        )
 
     def pacing_allows(self, now: float) -> bool:
-        """The pacing clock may run a burst (PACING_QUANTUM, PACING_BURST) ahead of now."""
-        rate = self._pacing_rate()
-        if rate is None:
-            return True
-        wake = self._pace_next - max(PACING_BURST * self.mss / rate, PACING_QUANTUM)
-        if now >= wake:
-            return True
-        self._pace_blocked = True
-        self._pace_wake = wake
-        return False
+        """The pacer lets a segment go now (else output waits for ``next_deadline``)."""
+        return self._pacer.allows(now, self._pacing_rate(), self.mss)
 
     # ------------------------------------------------------------------ ACK
 
@@ -560,8 +540,7 @@ class LossRecovery:
     def next_deadline(self) -> float | None:
         """The earliest loss (RACK reordering), probe (TLP) or pacing deadline, or None."""
         best: float | None = None
-        pace = self._pace_wake if self._pace_blocked else None
-        for t in (self._rack_deadline, self._tlp_deadline, pace):
+        for t in (self._rack_deadline, self._tlp_deadline, self._pacer.deadline()):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -585,8 +564,7 @@ class LossRecovery:
                 self._enter_recovery(now, snd_una, snd_nxt, sack_ok)
                 if self._prr is not None:
                     self._prr.quota = self.mss
-        if self._pace_blocked and now >= self._pace_wake:
-            self._pace_blocked = False  # output runs next and may send again
+        self._pacer.release(now)  # output runs next and may send again
 
     def on_rto(
         self, now: float, *, snd_una: int, snd_nxt: int, repeated: bool, tsval: int | None
@@ -618,4 +596,4 @@ class LossRecovery:
         """Nothing is left to send or probe: TIME-WAIT, or the connection is gone."""
         self._rack_deadline = None
         self._tlp_deadline = None
-        self._pace_blocked = False
+        self._pacer.release()
