@@ -152,6 +152,17 @@ class ReceiveBuffer:
         self._recent.insert(0, start)
         del self._recent[8:]
 
+    def renege(self) -> int:
+        """Drop every out-of-order block, as a receiver under memory pressure may (RFC 2018
+        8: SACKed data is not acknowledged until the cumulative ACK passes it). Returns the
+        bytes dropped."""
+        dropped = self.ooo_bytes
+        self._starts.clear()
+        self._blocks.clear()
+        self._recent.clear()
+        self.ooo_bytes = 0
+        return dropped
+
     def held(self, start: int, end: int) -> tuple[int, int] | None:
         """The first run of [start, end) already held out of order (above ``nxt``), if any."""
         starts, blocks = self._starts, self._blocks

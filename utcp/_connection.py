@@ -44,8 +44,9 @@ from ._events import (
     SendSpaceAvailable,
     StateChanged,
 )
-from ._rack import Rack, probe_timeout
-from ._recovery import DUP_THRESH, Prr, Scoreboard, SentSegment
+from ._loss_recovery import LossRecovery
+from ._rack import Rack
+from ._recovery import Scoreboard, SentSegment
 from ._rtt import RttEstimator
 from ._seq import MASK, seq_diff
 from ._state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, State
@@ -65,12 +66,6 @@ SYN_R2 = 180.0
 RTO_AFTER_SYN_LOSS = 3.0
 # RFC 9293 3.8.6.2.1: Fs, the fraction of the peer's largest window worth sending alone.
 SWS_FRACTION = 0.5
-# Pacing: the pacing clock may run this far ahead of now, so segments leave in bursts of
-# about 1 ms of the pacing rate (Linux sizes its bursts the same way, sk_pacing_shift 10),
-# and at least PACING_BURST segments: at high rates a timer per segment costs more than the
-# burst it avoids.
-PACING_BURST = 2
-PACING_QUANTUM = 0.001
 # RFC 7323 5.5: TS.Recent is invalid after 24 days of idleness.
 PAWS_IDLE_LIMIT = 24 * 24 * 3600.0
 # RFC 7323 4.1 / 5.4: timestamp clock of 1 ms per tick.
@@ -140,25 +135,9 @@ class Connection:
         self.sndbuf = SendBuffer(config.send_buffer_size)
         self._fin_queued = False
         self._fin_offset: int | None = None
-        self.scoreboard = Scoreboard()
-        self._dupacks = 0
-        self._recovery_point: int | None = None  # RFC 6675 "RecoveryPoint"
-        self.rack = Rack()
-        self._rack_deadline: float | None = None  # RFC 8985 6.3 reordering timer
-        self._tlp_deadline: float | None = None  # RFC 8985 7.2 probe timeout
-        self._tlp_due = False
-        self._tlp_end: int | None = None  # RFC 8985 7.3 TLP.end_seq, while a probe is out
-        self._tlp_retrans = False
-        self._prr: Prr | None = None
-        self._undo: object | None = None  # controller state before the last reduction
-        self._undo_retrans = 0  # retransmissions since then not yet proven spurious
-        self._eifel_tsval: int | None = None  # RFC 3522: TSval of the RTO retransmission
-        self._pace_next = 0.0  # earliest time the next paced segment may leave
-        self._pace_blocked = False  # output is waiting for the pacing clock...
-        self._pace_wake = 0.0  # ...until then
-        self._cwnd_limited_seq = 0  # cwnd was the limit when SND.NXT was here
         self._syn_due = False
-        self._syn_retries = 0
+        self._syn_retries = 0  # timer retransmissions of our SYN (or SYN-ACK)
+        self._syn_sends = 0  # transmissions of it, for any reason
 
         # -- receive side --
         self.irs = 0
@@ -191,18 +170,12 @@ class Connection:
         self._ts_recent_time = 0.0
         self._ts_offset = 0
 
-        # -- timers and estimators --
-        self.rtt = RttEstimator(
-            initial_rto=config.initial_rto, min_rto=config.min_rto, max_rto=config.max_rto
-        )
-        self.cc = _congestion.create(
-            config.congestion_control,
-            mss=self.local_mss,
-            initial_window=config.initial_window,
-            paced=config.pacing,
-        )
+        # -- timers, estimators, loss recovery and congestion control --
+        self.recovery = LossRecovery(config, mss=self.local_mss, stats=self.stats)
         self._rto_deadline: float | None = None
-        self._rto_retries = 0
+        self._rto_retries = 0  # RTO expiries since SND.UNA last advanced
+        self._rto_answered = 0  # ...of which window probes the peer answered
+        self._last_rto_time = -1.0
         self._connect_deadline: float | None = None
         self._persist_deadline: float | None = None
         self._persist_backoff = 0
@@ -221,7 +194,6 @@ class Connection:
         self._force_send = False  # a persist timeout: send even a small or probe segment
         self._last_keepalive_time = 0.0
         self._syn_time: float | None = None
-        self.delivery_rate = 0.0  # bytes per second, latest sample
 
     # ------------------------------------------------------------------ properties
 
@@ -245,6 +217,27 @@ class Connection:
     def effective_mss(self) -> int:
         """Largest payload per segment: min of both MSS values less per-segment options."""
         return max(1, min(self.local_mss, self.peer_mss) - (12 if self.ts_ok else 0))
+
+    @property
+    def rtt(self) -> RttEstimator:
+        return self.recovery.rtt
+
+    @property
+    def cc(self) -> _congestion.CongestionController:
+        return self.recovery.cc
+
+    @property
+    def scoreboard(self) -> Scoreboard:
+        return self.recovery.scoreboard
+
+    @property
+    def rack(self) -> Rack:
+        return self.recovery.rack
+
+    @property
+    def delivery_rate(self) -> float:
+        """Bytes per second, the latest sample."""
+        return self.recovery.delivery_rate
 
     @property
     def bytes_in_flight(self) -> int:
@@ -275,7 +268,7 @@ class Connection:
 
     @property
     def in_recovery(self) -> bool:
-        return self._recovery_point is not None
+        return self.recovery.in_recovery
 
     # ------------------------------------------------------------------ application calls
 
@@ -404,15 +397,11 @@ class Connection:
             self.local_mss = mss
         else:
             self.local_mss = min(self.local_mss, mss)
-        self.cc.mss = self.effective_mss
+        self.cc.set_mss(self.effective_mss)
 
     def set_congestion_control(self, name: str) -> None:
         """TCP_CONGESTION: switch algorithm, carrying the current cwnd and ssthresh over."""
-        cc = _congestion.create(
-            name, mss=self.effective_mss, initial_window=1, paced=self.config.pacing
-        )
-        cc.cwnd, cc.ssthresh = self.cc.cwnd, self.cc.ssthresh
-        self.cc = cc
+        self.recovery.switch_controller(name)
 
     # ------------------------------------------------------------------ input
 
@@ -549,12 +538,19 @@ class Connection:
     def _syn_acked(self, seg: Segment, now: float) -> None:
         """Our SYN is acknowledged: RTT sample from the handshake (Karn: only if sent once)."""
         self._rto_deadline = None
-        if self._syn_retries == 0 and self._syn_time is not None:
+        # RFC 6298 3 (Karn): time the SYN (SYN-ACK) only if it was sent once, whether it was
+        # resent by the timer, for a duplicate SYN, or as the SYN-ACK of a simultaneous
+        # open; else from the echoed timestamp (RFC 7323 4.1).
+        if self._syn_sends == 1 and self._syn_time is not None:
             self.rtt.on_sample(now - self._syn_time)
         elif self.ts_ok and seg.timestamps is not None and seg.timestamps[1]:
             self.rtt.on_sample(self._ts_rtt(seg.timestamps[1], now))
-        else:
+        elif self._syn_retries:
             self.rtt.reset_after_syn_loss(RTO_AFTER_SYN_LOSS)
+        if self._syn_sends > 2:
+            # RFC 6928 2: the initial window is reset to one segment only after "more than
+            # one SYN or SYN/ACK retransmissions" (one may be spurious with a 1 s RTO).
+            self.cc.on_handshake_loss()
         self._rto_retries = 0
         self._connect_deadline = None
 
@@ -746,223 +742,45 @@ class Connection:
 
     def _process_ack(self, seg: Segment, ack_off: int, now: float) -> None:
         old_una = self._snd_una
-        sb = self.scoreboard
-        newly_sacked = 0
-        self.rack.begin_ack()
-        if self.sack_ok and seg.sack_blocks:
-            newly_sacked = self._apply_sack_blocks(seg.sack_blocks, ack_off, now)
-        delivered = newly_sacked
+        released = 0
         if ack_off > old_una:
-            delivered += ack_off - old_una
-            self._on_new_ack(seg, ack_off, now)
-        elif (
-            ack_off == old_una
-            and seg.seg_len == 0
-            and self._snd_nxt > self._snd_una
-            and (seg.window << self.snd_wscale) == self.snd_wnd
-        ):
+            self._snd_una = ack_off
+            released = self.sndbuf.acknowledge(min(ack_off, self.sndbuf.end))
+            self.stats.bytes_acked += released
+            self._rto_retries = self._rto_answered = 0
+            self._persist_backoff = 0
+        tsecr = seg.timestamps[1] if self.ts_ok and seg.timestamps is not None else None
+        newly_sacked = self.recovery.on_ack(
+            now,
+            old_una=old_una,
+            snd_una=self._snd_una,
+            snd_nxt=self._snd_nxt,
+            sack_ok=self.sack_ok,
+            sack_blocks=[(self._ack_offset(a), self._ack_offset(b)) for a, b in seg.sack_blocks],
             # RFC 5681 2: a duplicate ACK.
-            self._dupacks += 1
-            self.stats.dupacks_received += 1
-            if not self.sack_ok:
-                delivered += self.effective_mss  # RFC 6937 3: DeliveredData without SACK
+            dupack=(
+                ack_off == old_una
+                and seg.seg_len == 0
+                and self._snd_nxt > self._snd_una
+                and (seg.window << self.snd_wscale) == self.snd_wnd
+            ),
+            tsecr=tsecr,
+            ts_rtt=self._ts_rtt(tsecr, now) if tsecr else None,
+        )
+        if ack_off > old_una:
+            # RFC 6298 (5.2)/(5.3): stop the timer when all is acked, else restart it.
+            if self._snd_una >= self._snd_nxt:
+                self._rto_deadline = None
+                self._unacked_since = None
+            else:
+                self._rto_deadline = now + self.rtt.current_rto()
+                self._unacked_since = now
+            if released:
+                self._events.append(SendSpaceAvailable())
         window_before = self.snd_wnd
         self._update_window(seg)
         if self.snd_wnd > window_before or newly_sacked:
             self._persist_backoff = 0
-        if self.sack_ok:
-            self._rack_detect(now)
-        loss_seen = sb.lost_bytes or (not self.sack_ok and self._dupacks >= DUP_THRESH)
-        if loss_seen and not self.in_recovery and self._snd_nxt > self._snd_una:
-            self._enter_recovery(now)
-        if self._prr is not None and self.in_recovery and delivered:
-            self._prr.on_ack(
-                delivered, pipe=sb.pipe, ssthresh=self.cc.ssthresh, mss=self.effective_mss
-            )
-
-    def _apply_sack_blocks(
-        self, blocks: tuple[tuple[int, int], ...], ack_off: int, now: float
-    ) -> int:
-        newly = 0
-        sb = self.scoreboard
-        for i, (left, right) in enumerate(blocks):
-            lo, hi = self._ack_offset(left), self._ack_offset(right)
-            if (
-                i == 0
-                and lo < hi
-                # RFC 2883 4: below this ACK's cumulative acknowledgement (which SND.UNA
-                # has not taken yet), or inside the second block.
-                and (hi <= ack_off or (len(blocks) > 1 and self._within(lo, hi, blocks[1])))
-            ):
-                self._on_dsack(lo, hi, now)  # RFC 2883 4: the first block reports a duplicate
-                continue
-            # RFC 2018 / RFC 6675: ignore blocks outside (SND.UNA, SND.NXT].
-            if not (self._snd_una <= lo < hi <= self._snd_nxt):
-                continue
-            newly += sb.apply_sack(lo, hi)
-        for seg in sb.newly_sacked:
-            self.rack.on_delivered(seg, now)
-        sb.newly_sacked.clear()
-        self.stats.sacked_bytes += newly
-        return newly
-
-    def _within(self, lo: int, hi: int, block: tuple[int, int]) -> bool:
-        return self._ack_offset(block[0]) <= lo and hi <= self._ack_offset(block[1])
-
-    def _on_dsack(self, lo: int, hi: int, now: float) -> None:
-        """RFC 2883 / RFC 3708: a segment arrived twice; if it was our retransmission, the
-        retransmission was spurious. When every retransmission of the last congestion
-        response proves spurious, the response is undone (RFC 3708 5 / RFC 4015 idea)."""
-        self.stats.dsacks_received += 1
-        self.rack.on_dsack(self._snd_una, self._snd_nxt)  # RFC 8985 6.2 step 4
-        if self._undo is not None and self._undo_retrans > 0:
-            self._undo_retrans -= 1
-            self.stats.spurious_retransmits += 1
-            if self._undo_retrans == 0:
-                self._undo_congestion_response(now)
-        if self._tlp_end is not None and self._tlp_retrans and hi <= self._tlp_end:
-            self._tlp_retrans = False  # RFC 8985 7.4.2: the probe was a duplicate
-
-    def _undo_congestion_response(self, now: float) -> None:
-        assert self._undo is not None
-        self.cc.undo(self._undo)
-        self._undo = None
-        self.stats.undos += 1
-        if self._recovery_point is not None:
-            self._recovery_point = None
-            self._prr = None
-            self.rack.on_recovery_exit()
-
-    def _rack_detect(self, now: float) -> None:
-        """RFC 8985 6.2 step 5 / 6.3: mark losses, arm the reordering timer for the rest."""
-        sb = self.scoreboard
-        lost_before = sb.lost_bytes
-        reo = self.rack.reo_wnd(
-            in_recovery=self.in_recovery,
-            sacked_segments=sb.sacked_segments,
-            srtt=self.rtt.srtt or 0.0,
-        )
-        self._rack_deadline = self.rack.detect_losses(sb, now, reo)
-        if sb.lost_bytes > lost_before:
-            self.stats.lost_segments += 1
-
-    def _on_new_ack(self, seg: Segment, ack_off: int, now: float) -> None:
-        sb = self.scoreboard
-        acked_segments = sb.acknowledge(ack_off)
-        acked = ack_off - self._snd_una
-        self._snd_una = ack_off
-        released = self.sndbuf.acknowledge(min(ack_off, self.sndbuf.end))
-        self.stats.bytes_acked += released
-        self._dupacks = 0
-        self._rto_retries = 0
-        self._persist_backoff = 0
-        self._tlp_deadline = None  # RFC 8985 7.2: re-armed from this ACK
-        if self._eifel_tsval is not None:
-            self._eifel_check(seg, now)
-        # RTT: from the newest segment acked that was sent once (Karn, RFC 6298 (3)), else
-        # from the echoed timestamp (RFC 7323 4.1: only on ACKs that advance SND.UNA).
-        rtt: float | None = None
-        fresh = [s for s in acked_segments if s.retransmits == 0]
-        if fresh:
-            rtt = now - fresh[-1].xmit_time
-        elif self.ts_ok and seg.timestamps is not None and seg.timestamps[1]:
-            rtt = self._ts_rtt(seg.timestamps[1], now)
-        if rtt is not None:
-            self.rtt.on_sample(rtt)
-        if acked_segments:
-            for s in acked_segments:
-                if not s.sacked:
-                    self.rack.on_delivered(s, now)
-            # Delivery rate sample: bytes delivered since the newest acked segment was sent,
-            # over the time since (the sampling idea of draft-cheng-iccrg-delivery-rate).
-            last = acked_segments[-1]
-            elapsed = now - last.xmit_time
-            if elapsed > 0:
-                self.delivery_rate = (self.stats.bytes_acked - last.delivered) / elapsed
-        if self._tlp_end is not None and ack_off >= self._tlp_end:
-            # RFC 8985 7.4.2: the probe's episode is over. A retransmitted probe that was not
-            # reported as a duplicate repaired a real loss: respond to it as congestion.
-            if self._tlp_retrans and not self.in_recovery:
-                self.cc.on_loss(now=now, in_flight=self._reduction_flight())
-                self.cc.on_recovery_end(now=now)
-                self.stats.tlp_recoveries += 1
-            self._tlp_end = None
-            self._tlp_retrans = False
-        if self.in_recovery and self._recovery_point is not None:
-            if ack_off >= self._recovery_point:
-                # RFC 6582 3.2 (3) / RFC 6675 5: a full ACK ends recovery.
-                self._recovery_point = None
-                self._prr = None
-                self.cc.on_recovery_end(now=now)
-                self.rack.on_recovery_exit()
-            elif not self.sack_ok:
-                # RFC 6582 3.2 (5): a partial ACK: the next hole is lost too.
-                first = sb.first()
-                if first is not None:
-                    sb.mark_lost(first)
-        else:
-            self.cc.on_ack(
-                now=now,
-                acked=acked,
-                rtt=rtt,
-                in_flight=sb.pipe + acked,
-                snd_una=self._snd_una,
-                snd_nxt=self._snd_nxt,
-                app_limited=self._snd_una > self._cwnd_limited_seq,
-            )
-        # RFC 6298 (5.2)/(5.3): stop the timer when all is acked, else restart it.
-        if self._snd_una >= self._snd_nxt:
-            self._rto_deadline = None
-            self._unacked_since = None
-        else:
-            self._rto_deadline = now + self.rtt.current_rto()
-            self._unacked_since = now
-        if released:
-            self._events.append(SendSpaceAvailable())
-
-    def _eifel_check(self, seg: Segment, now: float) -> None:
-        """RFC 3522 2 (Eifel detection): the first ACK of new data after a timeout that echoes
-        a timestamp older than the retransmission's was caused by the original: the timeout
-        was spurious. RFC 4015 (Eifel response): restore the congestion state and go on with
-        new data instead of resending everything."""
-        tsval = self._eifel_tsval
-        self._eifel_tsval = None
-        if tsval is None or not self.ts_ok or seg.timestamps is None:
-            return
-        if seq_diff(seg.timestamps[1], tsval) < 0 and self._undo is not None:
-            self.stats.spurious_rtos += 1
-            self._undo_retrans = 0
-            self._undo_congestion_response(now)
-            self.scoreboard.unmark_lost()
-            self.rack.reset_cursor()
-
-    def _enter_recovery(self, now: float) -> None:
-        """RFC 6675 5 / RFC 6582 3.2: fast retransmit and fast recovery, with PRR."""
-        sb = self.scoreboard
-        if not self.sack_ok:
-            first = sb.first()
-            if first is not None:
-                sb.mark_lost(first)
-        self._recovery_point = self._snd_nxt
-        self.stats.fast_retransmits += 1
-        self._undo = self.cc.snapshot()
-        self._undo_retrans = 0
-        self.cc.on_loss(now=now, in_flight=self._reduction_flight())
-        # RFC 9937 (PRR, which obsoletes RFC 6937): RecoverFS = pipe before the reduction.
-        self._prr = Prr(sb.pipe + sb.lost_bytes)
-        self._tlp_deadline = None
-
-    def _reduction_flight(self) -> int:
-        """FlightSize for a congestion response (RFC 5681 3.1 eq. 4, RFC 9438 4.6).
-
-        RFC 5681 defines it as data sent and not cumulatively acknowledged, SACKed data
-        included; this sender refills its window as SACKs arrive (RFC 6675 pipe), so that
-        can exceed cwnd by what was SACKed before the loss was detected, and RFC 5681 3.2
-        keeps data sent beyond cwnd that way (limited transmit) out of the computation. So:
-        FlightSize, but no more than cwnd. The pipe alone would leave the SACKed data out
-        and cut the window below the multiplicative decrease the RFCs prescribe.
-        """
-        return min(self._snd_nxt - self._snd_una, self.cc.cwnd)
 
     def _update_window(self, seg: Segment, force: bool = False) -> None:
         """RFC 9293 3.10.7.4 fifth: update SND.WND if the segment is newer (SND.WL1/WL2)."""
@@ -1125,9 +943,7 @@ class Connection:
         best: float | None = None
         for t in (
             self._rto_deadline,
-            self._rack_deadline,
-            self._tlp_deadline,
-            self._pace_deadline(),
+            self.recovery.next_deadline(),
             self._delack_deadline,
             self._persist_deadline,
             self._keepalive_deadline,
@@ -1172,25 +988,16 @@ class Connection:
             self._delack_deadline = None
             self._ack_now = True
             self._pingpong = False  # Linux: a delayed ACK had to go alone: not pingpong
-        if self._tlp_deadline is not None and now >= self._tlp_deadline:
-            # RFC 8985 7.3: the probe timeout: send a probe, and the RTO starts over.
-            self._tlp_deadline = None
-            self._tlp_due = True
+        if self.recovery.probe_timer_due(now):
+            # RFC 8985 7.3: the probe timeout: a probe goes out, and the RTO starts over.
             self._rto_deadline = now + self.rtt.current_rto()
         if self._rto_deadline is not None and now >= self._rto_deadline:
             self._on_rto(now)
             if self.closed:
                 return
-        if self._rack_deadline is not None and now >= self._rack_deadline:
-            # RFC 8985 6.3: the reordering timer: look for losses again.
-            self._rack_deadline = None
-            self._rack_detect(now)
-            if self.scoreboard.lost_bytes and not self.in_recovery:
-                self._enter_recovery(now)
-                if self._prr is not None:
-                    self._prr.quota = self.effective_mss
-        if self._pace_blocked and now >= self._pace_wake:
-            self._pace_blocked = False  # output runs next and may send again
+        self.recovery.on_timer(
+            now, snd_una=self._snd_una, snd_nxt=self._snd_nxt, sack_ok=self.sack_ok
+        )
         if self._persist_deadline is not None and now >= self._persist_deadline:
             self._on_persist(now)
         if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
@@ -1206,25 +1013,23 @@ class Connection:
             self._rto_deadline = None
             return
         self._rto_retries += 1
-        if self._rto_retries > self.config.max_retransmissions:
+        if self.snd_wnd == 0 and self._last_recv_time > self._last_rto_time:
+            # RFC 9293 3.8.6.1: with the peer's window closed, a retransmission is a window
+            # probe, and the connection is kept while the peer answers them: an expiry the
+            # peer answered since the last one does not count toward the limit (as Linux's
+            # retransmission timer treats a zero window).
+            self._rto_answered += 1
+        self._last_rto_time = now
+        if self._rto_retries - self._rto_answered > self.config.max_retransmissions:
             self._terminate(now, ConnectionTimedOut("retransmission limit"), rst=True)
             return
-        sb = self.scoreboard
-        if self._rto_retries == 1:
-            self._undo = self.cc.snapshot()
-            self._undo_retrans = 0
-            if self.ts_ok:
-                self._eifel_tsval = self._ts_now(now)  # RFC 3522: the retransmission's TSval
-        # RFC 5681 3.1: when a segment the timer already retransmitted times out again,
-        # ssthresh is held constant; only cwnd goes back to one segment.
-        self.cc.on_rto(now=now, in_flight=self._reduction_flight(), repeated=self._rto_retries > 1)
-        sb.mark_all_lost()
-        self.rack.reset_cursor()
-        self._recovery_point = None
-        self._prr = None
-        self._tlp_deadline = None
-        self._tlp_end = None
-        self._dupacks = 0
+        self.recovery.on_rto(
+            now,
+            snd_una=self._snd_una,
+            snd_nxt=self._snd_nxt,
+            repeated=self._rto_retries > 1,
+            tsval=self._ts_now(now) if self.ts_ok else None,
+        )
         self.rtt.back_off()
         self._rto_deadline = now + self.rtt.current_rto()
 
@@ -1340,7 +1145,8 @@ class Connection:
     def _syn_segment(self, now: float) -> Segment:
         """SYN or SYN-ACK with our options (RFC 9293 3.7.1, RFC 7323, RFC 2018)."""
         self._syn_due = False
-        if self._syn_retries == 0:
+        self._syn_sends += 1
+        if self._syn_sends == 1:
             self._syn_time = now
         else:
             self.stats.retransmits += 1
@@ -1366,122 +1172,45 @@ class Connection:
             timestamps=ts,
         )
 
-    def _send_budget(self) -> int:
-        """Bytes the congestion state lets us put in flight now."""
-        if self._prr is not None and self.in_recovery:
-            return self._prr.quota  # RFC 6937
-        room = self.cc.cwnd - self.scoreboard.pipe
-        if 0 < self._dupacks < DUP_THRESH:
-            # RFC 3042 2: limited transmit: one new segment on each of the first two dupACKs.
-            room += self._dupacks * self.effective_mss
-        return room
-
-    def _pace_deadline(self) -> float | None:
-        return self._pace_wake if self._pace_blocked else None
-
-    def _pacing_rate(self) -> float | None:
-        """Pacing: spread a window over the RTT at rate cwnd/SRTT (x2 in slow start, x1.25
-        after, as Linux does). None while pacing is off or there is no RTT estimate."""
-        srtt = self.rtt.srtt
-        if not self.config.pacing or srtt is None or srtt <= 0:
-            return None
-        gain = 2.0 if self.cc.in_slow_start() else 1.25
-        return gain * max(self.cc.cwnd, self.effective_mss) / srtt
-
-    def _paced_out(self, now: float, n: int) -> None:
-        rate = self._pacing_rate()
-        if rate is not None:
-            self._pace_next = max(self._pace_next, now) + n / rate
-
-    def _pacing_allows(self, now: float) -> bool:
-        """The pacing clock may run a burst (PACING_QUANTUM, PACING_BURST) ahead of now."""
-        rate = self._pacing_rate()
-        if rate is None:
-            return True
-        wake = self._pace_next - max(PACING_BURST * self.effective_mss / rate, PACING_QUANTUM)
-        if now >= wake:
-            return True
-        self._pace_blocked = True
-        self._pace_wake = wake
-        return False
-
-    def _sent_bytes(self, n: int, now: float) -> None:
-        if self._prr is not None and self.in_recovery:
-            self._prr.on_sent(n)
-        self._paced_out(now, n)
-
     def _output_data(self, out: list[Segment], now: float) -> None:
         force = self._force_send
         self._force_send = False
-        self._pace_blocked = False
+        rec = self.recovery
+        rec.output_started()
         # 1. retransmissions of segments deemed lost (RFC 6675 5 (NextSeg rule 1) / RFC 6298).
-        sb = self.scoreboard
-        while True:
-            seg = sb.next_lost()
-            if seg is None or (self._send_budget() <= 0 and sb.pipe > 0):
-                break
-            if not self._pacing_allows(now) and sb.pipe > 0:
-                break
+        while (seg := rec.next_retransmission(now)) is not None:
             self._retransmit(seg, out, now)
         # 2. new data within the peer's window and the congestion window.
         sent_before = len(out)
         self._output_new_data(out, now, force)
         # 3. RFC 8985 7.3: a due tail loss probe: new data if the window allows, else the
         # highest segment sent again.
-        if self._tlp_due:
-            self._tlp_due = False
-            if len(out) == sent_before and self.state in SYNCHRONIZED:
-                self._output_new_data(out, now, True, probe=True)
-                last = sb.last()
-                if len(out) == sent_before and last is not None:
-                    self._retransmit(last, out, now)
-                    self._tlp_retrans = True
-                if len(out) > sent_before:
-                    self.stats.tlp_probes += 1
-                    self._tlp_end = self._snd_nxt
-        self._arm_tlp(now)
-        # RFC 7661: cwnd grows only while it is the limit. As in Linux (tcp_is_cwnd_limited,
-        # max_packets_seq), it is the limit when what is in flight reaches it (half of it in
-        # slow start), and stays so until that round is acknowledged, so ACKs that fall in
-        # a pacing gap still count. Waiting for the pacing clock alone does not make a
-        # sender cwnd-limited: cwnd, and the pacing rate with it, would grow without bound.
-        cwnd, pipe = self.cc.cwnd, sb.pipe
-        if pipe + self.effective_mss > cwnd or (self.cc.in_slow_start() and 2 * pipe >= cwnd):
-            self._cwnd_limited_seq = self._snd_nxt
+        if rec.take_probe() and len(out) == sent_before and self.state in SYNCHRONIZED:
+            self._output_new_data(out, now, True, probe=True)
+            last = self.scoreboard.last()
+            resent: int | None = None
+            if len(out) == sent_before and last is not None:
+                resent = last.start
+                self._retransmit(last, out, now)
+            if len(out) > sent_before:
+                rec.on_probe_sent(self._snd_nxt, retransmission=resent)
+        rec.after_output(
+            now,
+            snd_nxt=self._snd_nxt,
+            probe_allowed=(
+                self.sack_ok
+                and self.config.tail_loss_probe
+                and self.state in SYNCHRONIZED
+                and self._rto_retries == 0
+            ),
+            rto_deadline=self._rto_deadline,
+        )
 
     def _retransmit(self, seg: SentSegment, out: list[Segment], now: float) -> None:
         out.append(self._data_segment(seg.start, seg.end, seg.fin, now))
-        self.scoreboard.on_retransmit(seg, now)
-        n = seg.end - seg.start
-        self.stats.retransmits += 1
-        self.stats.bytes_retransmitted += n
-        if self._undo is not None:
-            self._undo_retrans += 1
-        self._sent_bytes(n, now)
+        self.recovery.on_retransmit(seg, now)
         if self._rto_deadline is None:
             self._rto_deadline = now + self.rtt.current_rto()
-
-    def _arm_tlp(self, now: float) -> None:
-        """RFC 8985 7.2: arm the PTO with SACK, data in flight, no recovery, no probe out."""
-        sb = self.scoreboard
-        if not (
-            self.sack_ok
-            and self.config.tail_loss_probe
-            and self.state in SYNCHRONIZED
-            and sb.pipe > 0
-            and not self.in_recovery
-            and self._tlp_end is None
-            and self._rto_retries == 0
-        ):
-            self._tlp_deadline = None
-            return
-        if self._tlp_deadline is not None:
-            return
-        one = len(sb) == 1
-        deadline = now + probe_timeout(self.rtt.srtt, one, self.rtt.current_rto())
-        if self._rto_deadline is not None:
-            deadline = min(deadline, self._rto_deadline)  # RFC 8985 7.2: no later than RTO
-        self._tlp_deadline = deadline
 
     def _output_new_data(
         self, out: list[Segment], now: float, force: bool, probe: bool = False
@@ -1504,8 +1233,8 @@ class Connection:
             fin_to_send = self._fin_pending() and nxt == data_end
             if queued <= 0 and not fin_to_send:
                 return
-            cwnd_room = mss if probe else max(self._send_budget(), 0)
-            if not probe and not self._pacing_allows(now) and sb.pipe > 0:
+            cwnd_room = mss if probe else max(self.recovery.send_budget(), 0)
+            if not probe and not self.recovery.pacing_allows(now) and sb.pipe > 0:
                 cwnd_room = 0
             usable = min(wnd_edge - nxt, cwnd_room)
             n = max(0, min(queued, usable, mss))
@@ -1514,25 +1243,28 @@ class Connection:
                     # RFC 9293 3.8.6.1: zero window probe <SEQ=SND.UNA-1> draws an ACK.
                     out.append(self._segment(ACK, (self.snd_una - 1) & MASK, b"", now))
                 return
-            force = False
+            # RFC 9293 3.8.6.1: the FIN occupies sequence space and waits for the peer's
+            # window like data (a receiver rejects SEG.LEN 1 with RCV.WND 0); Linux's send
+            # window test counts it too.
             fin = (
                 self._fin_pending()
                 and nxt + n == data_end
+                and nxt + n < wnd_edge
                 and (n > 0 or cwnd_room > 0 or not sb.pipe)
             )
             if n == 0 and not fin:
+                if force and not probe and fin_to_send and nxt >= wnd_edge:
+                    # A persist timeout with only the FIN left: probe the window.
+                    out.append(self._segment(ACK, (self.snd_una - 1) & MASK, b"", now))
                 return
+            force = False
             end = nxt + n + (1 if fin else 0)
             out.append(self._data_segment(nxt, end, fin, now))
             self._snd_nxt = end
             if fin:
                 self._fin_offset = end - 1
-            sent = SentSegment(nxt, end, now, fin)
-            sent.delivered = self.stats.bytes_acked
-            sb.add(sent)
+            self.recovery.on_new_data_sent(nxt, end, fin, now)
             self.stats.bytes_sent += n
-            self._sent_bytes(end - nxt, now)
-            self.cc.on_sent(now=now, sent=end - nxt, in_flight=sb.pipe, snd_nxt=end)
             if probe:
                 return
             if self._rto_deadline is None:
@@ -1666,9 +1398,7 @@ class Connection:
     def _stop_sending_timers(self) -> None:
         """Nothing of ours is left to (re)send or probe: TIME-WAIT, or the TCB is gone."""
         self._rto_deadline = None
-        self._rack_deadline = None
-        self._tlp_deadline = None
-        self._pace_blocked = False
+        self.recovery.stop_timers()
         self._persist_deadline = None
         self._keepalive_deadline = None
         self._finwait2_deadline = None

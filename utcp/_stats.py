@@ -18,7 +18,6 @@ class ConnectionStats:
     rto_expiries: int = 0
     lost_segments: int = 0
     sacked_bytes: int = 0
-    dupacks_received: int = 0
     dup_segments_received: int = 0
     ooo_segments_received: int = 0
     window_probes: int = 0
@@ -29,7 +28,6 @@ class ConnectionStats:
     dsacks_sent: int = 0
     dsacks_received: int = 0
     spurious_retransmits: int = 0  # retransmissions a D-SACK proved unnecessary
-    spurious_rtos: int = 0  # timeouts found spurious (RFC 3522 Eifel detection)
     undos: int = 0  # congestion responses undone as spurious
     challenge_acks_sent: int = 0
     resets_sent: int = 0
