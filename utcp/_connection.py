@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from . import _congestion
-from ._buffers import ReceiveBuffer, SendBuffer
+from ._buffers import BLOCK_OVERHEAD, ReceiveBuffer, SendBuffer
 from ._config import DEFAULT_PEER_MSS, Config
 from ._errors import ConnectionTimedOut, UtcpStateError
 from ._events import (
@@ -122,6 +122,7 @@ class Connection:
         self.keepalive_count = config.keepalive_count
         self.user_timeout = config.user_timeout
         self._events: deque[Event] = deque()
+        self._pending_levels: set[type[Event]] = set()  # DataReceived etc. queued once
         self._out: list[Segment] = []  # control segments queued by input processing
 
         # -- send side (RFC 9293 3.3.1 names; offsets, see module docstring) --
@@ -387,6 +388,7 @@ class Connection:
                 self._offer_wscale = self._wscale_for(size)
             return
         self._rcv_wnd_capacity = min(size, limit)
+        self.rcvbuf.memory_limit = self._ooo_memory_limit()
 
     def set_mss(self, mss: int) -> None:
         """TCP_MAXSEG: before the SYN it is the MSS we announce; later it only lowers the
@@ -531,6 +533,7 @@ class Connection:
         else:
             self.ts_ok = False
         self.cc.mss = self.effective_mss
+        self.rcvbuf.memory_limit = self._ooo_memory_limit()
         self.cc.cwnd = max(
             self.cc.cwnd * self.effective_mss // max(1, self.local_mss), self.effective_mss
         )
@@ -776,7 +779,7 @@ class Connection:
                 self._rto_deadline = now + self.rtt.current_rto()
                 self._unacked_since = now
             if released:
-                self._events.append(SendSpaceAvailable())
+                self._notify(SendSpaceAvailable())
         window_before = self.snd_wnd
         self._update_window(seg)
         if self.snd_wnd > window_before or newly_sacked:
@@ -822,7 +825,7 @@ class Connection:
         moved = rb.insert(seg_off, payload, self._rcv_adv)
         self.stats.bytes_received += moved
         if moved:
-            self._events.append(DataReceived())
+            self._notify(DataReceived())
         if seg_off != before or had_gap:
             # RFC 5681 4.2 / RFC 9293 3.8.6.3: out-of-order data, or data that fills a gap,
             # is acknowledged at once.
@@ -1351,6 +1354,13 @@ class Connection:
             shift += 1
         return shift
 
+    def _ooo_memory_limit(self) -> int:
+        """What out-of-order data may cost (payload plus per-block overhead): the receive
+        buffer filled with full-sized segments. Smaller segments reach it with less
+        payload, and the highest blocks are then dropped (RFC 2018 8)."""
+        cap = self._rcv_wnd_capacity
+        return cap + (cap // self.effective_mss + 1) * BLOCK_OVERHEAD
+
     def _window_space(self) -> int:
         """Receive-buffer space beyond RCV.NXT, no more than the window field can carry
         (RFC 7323 2.2: 65535 << Rcv.Wind.Shift), so the acceptance edge never passes what
@@ -1445,9 +1455,21 @@ class Connection:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%d>%d drop: %s", self.local_port, self.remote_port, reason)
 
+    def _notify(self, event: DataReceived | SendSpaceAvailable) -> None:
+        """Queue a level event at most once until the application takes it: the queue is
+        bounded by the connection's state, not by the peer's traffic (a connection nobody
+        accepts yet would otherwise pile up one event per segment)."""
+        if type(event) not in self._pending_levels:
+            self._pending_levels.add(type(event))
+            self._events.append(event)
+
     def next_event(self) -> Event | None:
         """The next event for the application, or None."""
-        return self._events.popleft() if self._events else None
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        self._pending_levels.discard(type(event))
+        return event
 
     # ------------------------------------------------------------------ helpers
 

@@ -34,7 +34,9 @@ from _factories import (
     time_wait,
 )
 
+from utcp._buffers import BLOCK_OVERHEAD
 from utcp._connection import Connection
+from utcp._events import DataReceived, SendSpaceAvailable
 from utcp._host import Host
 from utcp._state import State
 from utcp._wire import ACK, FIN, PSH, RST, SYN, Segment, decode_untrusted, encode
@@ -323,3 +325,48 @@ class TestStretchAcks:
             R(nxt + 4 * MSS),
         ]
         drain(conn)
+
+
+class TestReceiveMemory:
+    def test_out_of_order_memory_is_capped_dropping_the_highest_blocks(self) -> None:
+        # A peer sending 1-byte segments at alternate offsets: each block is charged its
+        # real cost (payload + BLOCK_OVERHEAD, like Linux's truesize) and the total is
+        # capped; above it the highest blocks go (RFC 2018 8 allows reneging).
+        conn = established()
+        limit = conn.rcvbuf.memory_limit
+        assert limit is not None
+        for i in range(5000):
+            conn.receive_segment(peer(ACK, 3 + 2 * i, 1, b"x"), 1.0)
+        rb = conn.rcvbuf
+        assert rb.ooo_memory <= limit
+        assert rb.blocks == limit // (1 + BLOCK_OVERHEAD)
+        assert rb.held(3, 4) == (3, 4)  # the lowest blocks are kept
+        assert rb.held(3 + 2 * 4999, 3 + 2 * 4999 + 1) is None
+        assert rb.reneged_bytes == 5000 - rb.blocks
+        drain(conn)
+
+    def test_a_full_window_of_full_sized_segments_is_not_reneged(self) -> None:
+        conn = established()
+        window = conn.rcv_wnd
+        off = 1 + MSS  # a hole of one segment, then the rest of the window
+        while off + MSS <= 1 + window:
+            conn.receive_segment(peer(ACK, off, 1, b"f" * MSS), 1.0)
+            off += MSS
+        assert conn.rcvbuf.reneged_bytes == 0
+        conn.receive_segment(peer(ACK, 1, 1, b"f" * MSS), 1.1)
+        assert conn.readable == off - 1
+        drain(conn)
+
+    def test_data_events_bounded_while_nobody_reads(self) -> None:
+        # Events are bounded by state, not by traffic: one DataReceived (and one
+        # SendSpaceAvailable) waits until the application takes it.
+        conn = established()
+        conn.send(b"s" * 3000)
+        conn.segments_to_send(1.0)
+        for i in range(200):
+            conn.receive_segment(peer(ACK, 1 + i, 1 + 10 * (i + 1), b"d"), 1.0)
+        events = drain(conn)
+        assert events.count(DataReceived()) == 1
+        assert events.count(SendSpaceAvailable()) == 1
+        conn.receive_segment(peer(ACK, 201, 2501, b"d"), 1.1)
+        assert drain(conn) == [SendSpaceAvailable(), DataReceived()]
