@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from . import _congestion
 from ._buffers import BLOCK_OVERHEAD, ReceiveBuffer, SendBuffer
 from ._config import DEFAULT_PEER_MSS, Config
-from ._errors import ConnectionTimedOut, UtcpStateError
+from ._errors import ConnectionTimedOut, UtcpInternalError, UtcpStateError
 from ._events import (
     Closed,
     ConnectionFailed,
@@ -49,7 +49,20 @@ from ._rack import Rack
 from ._recovery import Scoreboard, SentSegment
 from ._rtt import RttEstimator
 from ._seq import MASK, seq_diff
-from ._state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, State
+from ._state import (
+    BEFORE_SYN,
+    CAN_OUTPUT_DATA,
+    CAN_QUEUE,
+    CAN_RECEIVE,
+    CAN_SEND,
+    CLOSE_QUIETLY_ON_RST,
+    HANDSHAKING,
+    RST_ON_ABORT,
+    SENDING_FIN,
+    SYNCHRONIZED,
+    TRANSITIONS,
+    State,
+)
 from ._stats import ConnectionStats
 from ._wire import ACK, FIN, PSH, RST, SYN, DecodeError, Segment, decode_untrusted, encode
 
@@ -292,11 +305,7 @@ class Connection:
     def send(self, data: bytes | bytearray | memoryview) -> int:
         """Queue application bytes (RFC 9293 3.10.2); returns how many were taken (bounded by
         the send buffer). Creates output once ``datagrams_to_send`` runs."""
-        if self._fin_queued or self.state not in (
-            State.SYN_SENT,
-            State.SYN_RECEIVED,
-            *CAN_SEND,
-        ):
+        if self._fin_queued or self.state not in CAN_QUEUE:
             if self.error is not None:
                 raise UtcpStateError(f"connection failed: {self.error}") from self.error
             raise UtcpStateError(f"send() in state {self.state} after shutdown or close")
@@ -357,13 +366,7 @@ class Connection:
 
     def abort(self, now: float) -> None:
         """RFC 9293 3.10.5 ABORT: send a RST where the peer has state, then CLOSED."""
-        if self.state in (
-            State.SYN_RECEIVED,
-            State.ESTABLISHED,
-            State.FIN_WAIT_1,
-            State.FIN_WAIT_2,
-            State.CLOSE_WAIT,
-        ):
+        if self.state in RST_ON_ABORT:
             self._queue_rst(self.snd_nxt)
         self._terminate(now, None)
 
@@ -381,7 +384,7 @@ class Connection:
         if size < 1:
             raise ValueError("receive buffer size must be positive")
         limit = 65535 << (self.rcv_wscale if self._offer_wscale is not None else 0)
-        if self.state in (State.CLOSED, State.LISTEN, State.SYN_SENT):
+        if self.state in BEFORE_SYN:
             limit = 65535 << MAX_WSCALE
             self._rcv_wnd_capacity = size
             if self.config.window_scaling:
@@ -395,7 +398,7 @@ class Connection:
         segment size we send."""
         if not 64 <= mss <= 65495:
             raise ValueError("mss must be in 64..65495")
-        if self.state in (State.CLOSED, State.LISTEN, State.SYN_SENT) and not self._snd_nxt:
+        if self.state in BEFORE_SYN and not self._snd_nxt:
             self.local_mss = mss
         else:
             self.local_mss = min(self.local_mss, mss)
@@ -672,7 +675,7 @@ class Connection:
             self._terminate(now, None)
         elif self.state is State.SYN_RECEIVED:
             self._terminate(now, ConnectionRefusedError("connection refused by peer"))
-        elif self.state in (State.CLOSING, State.LAST_ACK, State.TIME_WAIT):
+        elif self.state in CLOSE_QUIETLY_ON_RST:
             self._terminate(now, None)
         else:
             self._terminate(now, ConnectionResetError("connection reset by peer"))
@@ -1009,7 +1012,7 @@ class Connection:
     def _on_rto(self, now: float) -> None:
         """RFC 6298 (5.4)-(5.6) and RFC 9293 3.8.3 (R2)."""
         self.stats.rto_expiries += 1
-        if self.state in (State.SYN_SENT, State.SYN_RECEIVED):
+        if self.state in HANDSHAKING:
             self._syn_retries += 1
             self.rtt.back_off()
             self._syn_due = True
@@ -1115,7 +1118,7 @@ class Connection:
         self._out = []
         queued = len(out)  # queued ACKs called _ack_sent when they were made
         state = self.state
-        if self._syn_due and state in (State.SYN_SENT, State.SYN_RECEIVED):
+        if self._syn_due and state in HANDSHAKING:
             out.append(self._syn_segment(now))
             self._ack_now = False
         elif state is State.SYN_RECEIVED and self._ack_now:
@@ -1220,13 +1223,7 @@ class Connection:
     ) -> None:
         sb = self.scoreboard
         mss = self.effective_mss
-        if self.state not in (
-            State.ESTABLISHED,
-            State.CLOSE_WAIT,
-            State.FIN_WAIT_1,
-            State.LAST_ACK,
-            State.CLOSING,
-        ):
+        if self.state not in CAN_OUTPUT_DATA:
             return
         while True:
             nxt = max(self._snd_nxt, 1)
@@ -1290,9 +1287,7 @@ class Connection:
         return nagle_ok and n >= self.max_snd_wnd * SWS_FRACTION
 
     def _fin_pending(self) -> bool:
-        # CLOSING too: the peer's FIN may arrive while ours still waits behind queued data.
-        sending_fin = (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK)
-        return self._fin_queued and self._fin_offset is None and self.state in sending_fin
+        return self._fin_queued and self._fin_offset is None and self.state in SENDING_FIN
 
     def _data_segment(self, start: int, end: int, fin: bool, now: float) -> Segment:
         data_stop = end - 1 if fin else end
@@ -1444,6 +1439,9 @@ class Connection:
         old = self.state
         if old is new:
             return
+        if (old, new) not in TRANSITIONS:
+            # RFC 9293 3.3.2 figure 5 has no such edge: a bug here, not the peer's doing.
+            raise UtcpInternalError(f"illegal state change {old} -> {new}")
         self.state = new
         self._events.append(StateChanged(old, new))
         if log.isEnabledFor(logging.DEBUG):

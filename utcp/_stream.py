@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._state import SYNCHRONIZED, State
+from ._state import CAN_QUEUE, HANDSHAKING, SYNCHRONIZED, State
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -112,12 +112,7 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             return trio.ClosedResourceError("this stream was closed for sending")
         if self.conn.error is not None:
             return broken_error(self.conn)
-        if self.conn.state not in (
-            State.SYN_SENT,
-            State.SYN_RECEIVED,
-            State.ESTABLISHED,
-            State.CLOSE_WAIT,
-        ):
+        if self.conn.state not in CAN_QUEUE:
             return broken_error(self.conn)
         if self.endpoint.closed:
             return trio.BrokenResourceError("the endpoint was closed")
@@ -137,7 +132,7 @@ class UtcpStream(trio.abc.HalfCloseableStream):
     async def _wait_established(self) -> None:
         """Park until the handshake finishes; raise the connection's error if it fails."""
         conn = self.conn
-        while conn.state in (State.SYN_SENT, State.SYN_RECEIVED) and conn.error is None:
+        while conn.state in HANDSHAKING and conn.error is None:
             await self._lot.park()
         if conn.error is not None:
             raise conn.error
