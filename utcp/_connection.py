@@ -64,12 +64,21 @@ from ._state import (
     State,
 )
 from ._stats import ConnectionStats
-from ._wire import ACK, FIN, PSH, RST, SYN, DecodeError, Segment, decode_untrusted, encode
+from ._wire import (
+    ACK,
+    FIN,
+    MAX_WSCALE,
+    PSH,
+    RST,
+    SYN,
+    DecodeError,
+    Segment,
+    decode_untrusted,
+    encode,
+)
 
 log = logging.getLogger("utcp.core")
 
-# RFC 7323 2.3: the largest shift a window scale option may carry.
-MAX_WSCALE = 14
 # RFC 9293 3.8.3 (MUST-23): R2 for a SYN segment lets it be retransmitted for at least 3
 # minutes. A passive half-open connection retransmits its SYN-ACK this long (Linux stops
 # after tcp_synack_retries, 5, about 63 s); an active open retransmits its SYN until the
@@ -1093,7 +1102,7 @@ class Connection:
             if idle and not self.unsent:
                 if self._keepalive_probes:
                     base = self.keepalive_interval
-                    since = self._last_probe_time()
+                    since = self._last_keepalive_time
                 else:
                     base = self.keepalive_idle
                     since = self._last_recv_time
@@ -1102,9 +1111,6 @@ class Connection:
                 self._keepalive_deadline = None
         else:
             self._keepalive_deadline = None
-
-    def _last_probe_time(self) -> float:
-        return self._last_keepalive_time
 
     # ------------------------------------------------------------------ output
 

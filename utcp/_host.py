@@ -10,20 +10,20 @@ Demultiplexing key (WIRE.md "Ports"): (peer UDP address, peer TCP port, local TC
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ._config import Config
 from ._connection import Connection, reset_for
 from ._seq import seq_gt
 from ._state import SYNCHRONIZED, State
-from ._wire import ACK, RST, SYN, DecodeError, Segment, decode_untrusted, encode
+from ._wire import ACK, RST, SYN, Address, DecodeError, Segment, decode_untrusted, encode
 
 log = logging.getLogger("utcp.host")
 
-Address = tuple[str, int]
 ConnKey = tuple[Address, int, int]
 IssFunction = Callable[[bytes, float], int]
 
@@ -90,7 +90,7 @@ class Host:
         """Accept connections to TCP ``port`` (default: our UDP port). Returns the port."""
         port = self.address[1] if port is None else port
         if port in self.listeners:
-            raise OSError(98, f"TCP port {port} is already listening")
+            raise OSError(errno.EADDRINUSE, f"TCP port {port} is already listening")
         self.listeners[port] = _Listener(max(1, backlog), config or self.config)
         return port
 
@@ -126,7 +126,7 @@ class Host:
         lport = self._pick_local_port(remote, rport) if local_port is None else local_port
         key = (remote, rport, lport)
         if key in self.connections:
-            raise OSError(98, f"connection {key} already exists")
+            raise OSError(errno.EADDRINUSE, f"connection {key} already exists")
         conn = self._new_connection(config or self.config, remote, rport, lport, now)
         self.connections[key] = conn
         conn.connect(now)
@@ -143,7 +143,7 @@ class Host:
             self._next_ephemeral = port + 1 if port < EPHEMERAL_LAST else EPHEMERAL_FIRST
             if (remote, rport, port) not in self.connections and port not in self.listeners:
                 return port
-        raise OSError(99, "no free local TCP port")
+        raise OSError(errno.EADDRNOTAVAIL, "no free local TCP port")
 
     def _new_connection(
         self, config: Config, remote: Address, rport: int, lport: int, now: float
@@ -284,6 +284,3 @@ class Host:
         for key in dead:
             conn = self.connections.pop(key)
             self._collect(conn, now)  # a final RST may still be queued
-
-    def connections_of(self, conns: Iterable[Connection]) -> list[Connection]:
-        return [c for c in conns if c.state is not State.CLOSED]

@@ -292,7 +292,9 @@ class UtcpStream(trio.abc.HalfCloseableStream):
         elif key == (IPPROTO_TCP, TCP_NOTSENT_LOWAT):
             self.notsent_lowat = _positive(value)
         else:
-            raise OSError(92, f"utcp does not support socket option {level}/{option}")
+            raise OSError(
+                errno.ENOPROTOOPT, f"utcp does not support socket option {level}/{option}"
+            )
         self._drive()
         self._lot.unpark_all()
 
@@ -315,7 +317,9 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             name = conn.cc.name.encode()
             return name.ljust(buffersize, b"\0") if buffersize else name
         if key not in values:
-            raise OSError(92, f"utcp does not support socket option {level}/{option}")
+            raise OSError(
+                errno.ENOPROTOOPT, f"utcp does not support socket option {level}/{option}"
+            )
         return values[key]
 
     def statistics(self) -> Statistics:

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import trio
 
-Address = tuple[str, int]
+from ._wire import Address
 
 # Datagrams drained per wake-up before the core is fed (bounded so timers stay punctual).
 RECV_BATCH = 256
