@@ -9,7 +9,7 @@ Reading list, in the order this module leans on them:
   RFC 1122 4.2 (host requirements: delayed ACK, keep-alives, closing with unread data).
 
 Theory of operation. A ``Connection`` is a pure function of its inputs and ``now``:
-``receive_datagrams``/``receive_segment`` feed peer segments, ``connect``/``listen``/
+``receive_segment`` feeds peer segments (decoded by the host), ``connect``/``listen``/
 ``send``/``receive``/``shutdown``/``close``/``abort`` are the application calls and
 ``handle_timer`` fires due timers. Nothing is sent from those calls: they only update the
 transmission control block (TCB) and set flags. ``datagrams_to_send(now)`` (or
@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Iterable
 
 from . import _congestion
 from ._buffers import BLOCK_OVERHEAD, ReceiveBuffer, SendBuffer
@@ -71,9 +70,7 @@ from ._wire import (
     PSH,
     RST,
     SYN,
-    DecodeError,
     Segment,
-    decode_untrusted,
     encode,
 )
 
@@ -418,20 +415,6 @@ class Connection:
         self.recovery.switch_controller(name)
 
     # ------------------------------------------------------------------ input
-
-    def receive_datagrams(self, datagrams: Iterable[bytes | memoryview], now: float) -> None:
-        """Feed a batch of datagrams from the peer; malformed ones are dropped and counted."""
-        for data in datagrams:
-            try:
-                seg = decode_untrusted(data)
-            except DecodeError as exc:
-                self._drop(f"malformed: {exc.reason}")
-                if exc.reason == "checksum":
-                    self.stats.checksum_drops += 1
-                else:
-                    self.stats.malformed_drops += 1
-                continue
-            self.receive_segment(seg, now)
 
     def receive_segment(self, seg: Segment, now: float) -> None:
         """Process one decoded segment (RFC 9293 3.10.7). May create output."""

@@ -31,6 +31,4 @@ class ConnectionStats:
     undos: int = 0  # congestion responses undone as spurious
     challenge_acks_sent: int = 0
     resets_sent: int = 0
-    checksum_drops: int = 0
-    malformed_drops: int = 0
     drops: dict[str, int] = field(default_factory=dict)

@@ -352,8 +352,8 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             peer_window=conn.snd_wnd,
             receive_window=conn.rcv_wnd,
             delivery_rate=conn.delivery_rate,
-            checksum_drops=st.checksum_drops + host.checksum_drops,
-            malformed_drops=st.malformed_drops + host.malformed_drops,
+            checksum_drops=host.checksum_drops,
+            malformed_drops=host.malformed_drops,
             drops=dict(st.drops),
         )
 
