@@ -7,7 +7,7 @@ data byte is offset 1.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right, insort
 
 
 class SendBuffer:
@@ -59,27 +59,110 @@ class SendBuffer:
 
 
 # Memory charged per out-of-order block beyond its payload, like Linux's skb truesize: the
-# bytearray, its dict entry and key and its slot in the sorted list cost about this much in
-# CPython (tracemalloc: ~180 bytes per 1-byte block), so a peer sending 1-byte segments
+# bytearray, its dict entry and key and its slot in the sorted starts cost about this much
+# in CPython (tracemalloc: ~180 bytes per 1-byte block), so a peer sending 1-byte segments
 # cannot hold a hundred times more memory than it sends payload.
 BLOCK_OVERHEAD = 192
+
+
+class _SortedStarts:
+    """A sorted set of ints kept as a list of short sorted buckets (the idea of the
+    sortedcontainers package): a lookup is two bisections, an insertion or removal moves at
+    most a bucket (2 * LOAD entries) plus one bucket pointer per LOAD entries, so a block
+    costs O(log n) comparisons instead of an O(n) list shift."""
+
+    LOAD = 256
+    __slots__ = ("_buckets", "_len", "_maxes")
+
+    def __init__(self) -> None:
+        self._buckets: list[list[int]] = []
+        self._maxes: list[int] = []  # the last entry of each bucket
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def clear(self) -> None:
+        self._buckets.clear()
+        self._maxes.clear()
+        self._len = 0
+
+    def add(self, x: int) -> None:
+        buckets, maxes = self._buckets, self._maxes
+        self._len += 1
+        if not buckets:
+            buckets.append([x])
+            maxes.append(x)
+            return
+        i = bisect_left(maxes, x)
+        if i == len(maxes):
+            i -= 1
+            buckets[i].append(x)
+            maxes[i] = x
+        else:
+            insort(buckets[i], x)
+        bucket = buckets[i]
+        if len(bucket) > 2 * self.LOAD:
+            half = bucket[self.LOAD :]
+            del bucket[self.LOAD :]
+            buckets.insert(i + 1, half)
+            maxes[i] = bucket[-1]
+            maxes.insert(i + 1, half[-1])
+
+    def remove(self, x: int) -> None:
+        i = bisect_left(self._maxes, x)
+        bucket = self._buckets[i]
+        del bucket[bisect_left(bucket, x)]
+        self._len -= 1
+        if bucket:
+            self._maxes[i] = bucket[-1]
+        else:
+            del self._buckets[i]
+            del self._maxes[i]
+
+    def first(self) -> int | None:
+        return self._buckets[0][0] if self._buckets else None
+
+    def last(self) -> int | None:
+        return self._maxes[-1] if self._maxes else None
+
+    def floor(self, x: int) -> int | None:
+        """The largest entry <= x."""
+        maxes = self._maxes
+        i = bisect_left(maxes, x)
+        if i < len(maxes):
+            bucket = self._buckets[i]
+            j = bisect_right(bucket, x)
+            if j:
+                return bucket[j - 1]
+        return maxes[i - 1] if i > 0 else None
+
+    def lower(self, x: int) -> int | None:
+        """The largest entry < x."""
+        return self.floor(x - 1)
+
+    def higher(self, x: int) -> int | None:
+        """The smallest entry > x."""
+        maxes = self._maxes
+        i = bisect_right(maxes, x)
+        if i == len(maxes):
+            return None
+        bucket = self._buckets[i]
+        return bucket[bisect_right(bucket, x)]
 
 
 class ReceiveBuffer:
     """In-order bytes waiting for the application plus out-of-order blocks above a hole.
 
     Out-of-order data is kept as disjoint, non-adjacent blocks: their starts in a sorted
-    list searched with bisect (consumed from the front by advancing ``_head``, so pulling
-    blocks in order costs O(1) each) and their bytes in a dict keyed by start. The caller
-    passes the right window edge to every insert, and ``memory_limit`` caps what the
+    set (_SortedStarts, O(log n) per block) and their bytes in a dict keyed by start. The
+    caller passes the right window edge to every insert, and ``memory_limit`` caps what the
     blocks cost (payload plus BLOCK_OVERHEAD each): above it the highest blocks are dropped
-    (RFC 2018 8 lets a receiver discard data it has SACKed, "reneging"), so the number of
-    blocks, and the cost of the sorted list's insertions, stays bounded.
+    (RFC 2018 8 lets a receiver discard data it has SACKed, "reneging").
     """
 
     __slots__ = (
         "_blocks",
-        "_head",
         "_recent",
         "_starts",
         "fin_offset",
@@ -94,8 +177,7 @@ class ReceiveBuffer:
     def __init__(self, nxt: int = 1, memory_limit: int | None = None) -> None:
         self.nxt = nxt
         self.ready = bytearray()
-        self._starts: list[int] = []  # sorted; entries before _head are consumed
-        self._head = 0
+        self._starts = _SortedStarts()
         self._blocks: dict[int, bytearray] = {}
         self._recent: list[int] = []
         self.ooo_bytes = 0  # payload bytes held out of order
@@ -146,6 +228,7 @@ class ReceiveBuffer:
         return start + len(self._blocks[start])
 
     def _remove(self, start: int) -> bytearray:
+        self._starts.remove(start)
         block = self._blocks.pop(start)
         self.ooo_bytes -= len(block)
         self.ooo_memory -= len(block) + BLOCK_OVERHEAD
@@ -153,43 +236,34 @@ class ReceiveBuffer:
 
     def _pull_in_order(self) -> int:
         moved = 0
-        starts = self._starts
-        while self._head < len(starts) and starts[self._head] <= self.nxt:
-            start = starts[self._head]
-            self._head += 1
+        while (start := self._starts.first()) is not None and start <= self.nxt:
             block = self._remove(start)
             tail = block[self.nxt - start :]
             if tail:
                 self.ready += tail
                 self.nxt += len(tail)
                 moved += len(tail)
-        if self._head > 64 and 2 * self._head > len(starts):
-            del starts[: self._head]  # amortised O(1) per block consumed
-            self._head = 0
         return moved
 
     def _insert_ooo(self, start: int, end: int, data: bytes | memoryview) -> None:
-        starts, blocks = self._starts, self._blocks
-        i = bisect_right(starts, start, self._head) - 1
-        if i >= self._head and self._end(starts[i]) >= start:
-            # Overlaps or touches block i: extend it at the end (the common case of
+        blocks = self._blocks
+        first = self._starts.floor(start)
+        if first is not None and self._end(first) >= start:
+            # Overlaps or touches that block: extend it at the end (the common case of
             # in-order arrival after a hole costs only the new bytes).
-            block_end = self._end(starts[i])
+            block_end = self._end(first)
             if end > block_end:
-                blocks[starts[i]] += data[block_end - start :]
+                blocks[first] += data[block_end - start :]
                 self.ooo_bytes += end - block_end
                 self.ooo_memory += end - block_end
         else:
-            i += 1
-            starts.insert(i, start)
+            first = start
+            self._starts.add(start)
             blocks[start] = bytearray(data)
             self.ooo_bytes += end - start
             self.ooo_memory += end - start + BLOCK_OVERHEAD
-        # Absorb following blocks that the grown block i now reaches.
-        first = starts[i]
-        j = i + 1
-        while j < len(starts) and starts[j] <= self._end(first):
-            nstart = starts[j]
+        # Absorb following blocks that the grown block now reaches.
+        while (nstart := self._starts.higher(first)) is not None and nstart <= self._end(first):
             nblock = self._remove(nstart)
             cur_end = self._end(first)
             nend = nstart + len(nblock)
@@ -197,8 +271,6 @@ class ReceiveBuffer:
                 blocks[first] += nblock[cur_end - nstart :]
                 self.ooo_bytes += nend - cur_end
                 self.ooo_memory += nend - cur_end
-            j += 1
-        del starts[i + 1 : j]
         # RFC 2018 4: remember the block holding the newest segment, most recent first.
         if start in self._recent:
             self._recent.remove(start)
@@ -211,9 +283,8 @@ class ReceiveBuffer:
         limit = self.memory_limit
         if limit is None:
             return
-        starts = self._starts
-        while self.ooo_memory > limit and len(starts) > self._head:
-            self.reneged_bytes += len(self._remove(starts.pop()))
+        while self.ooo_memory > limit and (top := self._starts.last()) is not None:
+            self.reneged_bytes += len(self._remove(top))
 
     def renege(self) -> int:
         """Drop every out-of-order block, as a receiver under memory pressure may (RFC 2018
@@ -221,7 +292,6 @@ class ReceiveBuffer:
         bytes dropped."""
         dropped = self.ooo_bytes
         self._starts.clear()
-        self._head = 0
         self._blocks.clear()
         self._recent.clear()
         self.ooo_bytes = 0
@@ -231,12 +301,12 @@ class ReceiveBuffer:
 
     def held(self, start: int, end: int) -> tuple[int, int] | None:
         """The first run of [start, end) already held out of order (above ``nxt``), if any."""
-        starts = self._starts
-        i = bisect_right(starts, start, self._head) - 1
-        if i >= self._head and start < self._end(starts[i]):
-            return start, min(end, self._end(starts[i]))
-        if i + 1 < len(starts) and starts[i + 1] < end:
-            return starts[i + 1], min(end, self._end(starts[i + 1]))
+        first = self._starts.floor(start)
+        if first is not None and start < self._end(first):
+            return start, min(end, self._end(first))
+        nxt = self._starts.higher(start)
+        if nxt is not None and nxt < end:
+            return nxt, min(end, self._end(nxt))
         return None
 
     def sack_blocks(self, max_blocks: int) -> list[tuple[int, int]]:
@@ -247,22 +317,21 @@ class ReceiveBuffer:
         """
         if not self._blocks or max_blocks <= 0:
             return []
-        starts = self._starts
         out: list[tuple[int, int]] = []
         seen: set[int] = set()
         alive: list[int] = []
         for off in self._recent:
-            i = bisect_right(starts, off, self._head) - 1
-            if i < self._head or off >= self._end(starts[i]):
+            first = self._starts.floor(off)
+            if first is None or off >= self._end(first):
                 continue
             alive.append(off)
-            if i not in seen and len(out) < max_blocks:
-                seen.add(i)
-                out.append((starts[i], self._end(starts[i])))
+            if first not in seen and len(out) < max_blocks:
+                seen.add(first)
+                out.append((first, self._end(first)))
         self._recent = alive
-        i = len(starts) - 1
-        while len(out) < max_blocks and i >= self._head:
-            if i not in seen:
-                out.append((starts[i], self._end(starts[i])))
-            i -= 1
+        top = self._starts.last()
+        while len(out) < max_blocks and top is not None:
+            if top not in seen:
+                out.append((top, self._end(top)))
+            top = self._starts.lower(top)
         return out

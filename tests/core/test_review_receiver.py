@@ -6,6 +6,9 @@ style of test_states.py; offsets ``L(n)``/``R(n)`` as there.
 
 from __future__ import annotations
 
+import bisect
+import random
+
 import pytest
 from _factories import (
     CONFIG,
@@ -34,7 +37,7 @@ from _factories import (
     time_wait,
 )
 
-from utcp._buffers import BLOCK_OVERHEAD
+from utcp._buffers import BLOCK_OVERHEAD, _SortedStarts
 from utcp._connection import Connection
 from utcp._events import DataReceived, SendSpaceAvailable
 from utcp._host import Host
@@ -370,3 +373,28 @@ class TestReceiveMemory:
         assert events.count(SendSpaceAvailable()) == 1
         conn.receive_segment(peer(ACK, 201, 2501, b"d"), 1.1)
         assert drain(conn) == [SendSpaceAvailable(), DataReceived()]
+
+    def test_sorted_starts_agree_with_a_sorted_list_across_bucket_splits(self) -> None:
+        # The out-of-order index answers floor/higher/first/last in O(log n); checked here
+        # against a plain sorted list with tiny buckets so every split and merge happens.
+        class Tiny(_SortedStarts):
+            LOAD = 2
+
+        rng = random.Random(5)
+        index, model = Tiny(), []
+        for _ in range(3000):
+            x = rng.randrange(500)
+            if x in model:
+                index.remove(x)
+                model.remove(x)
+            else:
+                index.add(x)
+                bisect.insort(model, x)
+            q = rng.randrange(-5, 505)
+            below = [v for v in model if v <= q]
+            above = [v for v in model if v > q]
+            assert index.floor(q) == (below[-1] if below else None)
+            assert index.higher(q) == (above[0] if above else None)
+            assert index.first() == (model[0] if model else None)
+            assert index.last() == (model[-1] if model else None)
+            assert len(index) == len(model)
