@@ -7,7 +7,7 @@ data byte is offset 1.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right, insort
 
 
 class SendBuffer:
@@ -58,22 +58,132 @@ class SendBuffer:
         return n
 
 
+# Memory charged per out-of-order block beyond its payload, like Linux's skb truesize: the
+# bytearray, its dict entry and key and its slot in the sorted starts cost about this much
+# in CPython (tracemalloc: ~180 bytes per 1-byte block), so a peer sending 1-byte segments
+# cannot hold a hundred times more memory than it sends payload.
+BLOCK_OVERHEAD = 192
+
+
+class _SortedStarts:
+    """A sorted set of ints kept as a list of short sorted buckets (the idea of the
+    sortedcontainers package): a lookup is two bisections, an insertion or removal moves at
+    most a bucket (2 * LOAD entries) plus one bucket pointer per LOAD entries, so a block
+    costs O(log n) comparisons instead of an O(n) list shift."""
+
+    LOAD = 256
+    __slots__ = ("_buckets", "_len", "_maxes")
+
+    def __init__(self) -> None:
+        self._buckets: list[list[int]] = []
+        self._maxes: list[int] = []  # the last entry of each bucket
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def clear(self) -> None:
+        self._buckets.clear()
+        self._maxes.clear()
+        self._len = 0
+
+    def add(self, x: int) -> None:
+        buckets, maxes = self._buckets, self._maxes
+        self._len += 1
+        if not buckets:
+            buckets.append([x])
+            maxes.append(x)
+            return
+        i = bisect_left(maxes, x)
+        if i == len(maxes):
+            i -= 1
+            buckets[i].append(x)
+            maxes[i] = x
+        else:
+            insort(buckets[i], x)
+        bucket = buckets[i]
+        if len(bucket) > 2 * self.LOAD:
+            half = bucket[self.LOAD :]
+            del bucket[self.LOAD :]
+            buckets.insert(i + 1, half)
+            maxes[i] = bucket[-1]
+            maxes.insert(i + 1, half[-1])
+
+    def remove(self, x: int) -> None:
+        i = bisect_left(self._maxes, x)
+        bucket = self._buckets[i]
+        del bucket[bisect_left(bucket, x)]
+        self._len -= 1
+        if bucket:
+            self._maxes[i] = bucket[-1]
+        else:
+            del self._buckets[i]
+            del self._maxes[i]
+
+    def first(self) -> int | None:
+        return self._buckets[0][0] if self._buckets else None
+
+    def last(self) -> int | None:
+        return self._maxes[-1] if self._maxes else None
+
+    def floor(self, x: int) -> int | None:
+        """The largest entry <= x."""
+        maxes = self._maxes
+        i = bisect_left(maxes, x)
+        if i < len(maxes):
+            bucket = self._buckets[i]
+            j = bisect_right(bucket, x)
+            if j:
+                return bucket[j - 1]
+        return maxes[i - 1] if i > 0 else None
+
+    def lower(self, x: int) -> int | None:
+        """The largest entry < x."""
+        return self.floor(x - 1)
+
+    def higher(self, x: int) -> int | None:
+        """The smallest entry > x."""
+        maxes = self._maxes
+        i = bisect_right(maxes, x)
+        if i == len(maxes):
+            return None
+        bucket = self._buckets[i]
+        return bucket[bisect_right(bucket, x)]
+
+
 class ReceiveBuffer:
     """In-order bytes waiting for the application plus out-of-order blocks above a hole.
 
-    Out-of-order data is kept as disjoint, non-adjacent blocks sorted by offset. The caller
-    passes the right window edge to every insert, so memory is bounded by what we advertised.
+    Out-of-order data is kept as disjoint, non-adjacent blocks: their starts in a sorted
+    set (_SortedStarts, O(log n) per block) and their bytes in a dict keyed by start. The
+    caller passes the right window edge to every insert, and ``memory_limit`` caps what the
+    blocks cost (payload plus BLOCK_OVERHEAD each): above it the highest blocks are dropped
+    (RFC 2018 8 lets a receiver discard data it has SACKed, "reneging").
     """
 
-    __slots__ = ("_blocks", "_recent", "_starts", "fin_offset", "nxt", "ooo_bytes", "ready")
+    __slots__ = (
+        "_blocks",
+        "_recent",
+        "_starts",
+        "fin_offset",
+        "memory_limit",
+        "nxt",
+        "ooo_bytes",
+        "ooo_memory",
+        "ready",
+        "reneged_bytes",
+    )
 
-    def __init__(self, nxt: int = 1) -> None:
+    def __init__(self, nxt: int = 1, memory_limit: int | None = None) -> None:
         self.nxt = nxt
         self.ready = bytearray()
-        self._starts: list[int] = []
-        self._blocks: list[bytearray] = []
+        self._starts = _SortedStarts()
+        self._blocks: dict[int, bytearray] = {}
         self._recent: list[int] = []
-        self.ooo_bytes = 0
+        self.ooo_bytes = 0  # payload bytes held out of order
+        self.ooo_memory = 0  # what they cost: payload + BLOCK_OVERHEAD per block
+        self.memory_limit = memory_limit
+        self.reneged_bytes = 0  # out-of-order bytes dropped to stay within memory_limit
         self.fin_offset: int | None = None
 
     def __len__(self) -> int:
@@ -86,7 +196,12 @@ class ReceiveBuffer:
 
     @property
     def has_gap(self) -> bool:
-        return bool(self._starts)
+        return bool(self._blocks)
+
+    @property
+    def blocks(self) -> int:
+        """How many out-of-order blocks are held."""
+        return len(self._blocks)
 
     def insert(self, offset: int, data: bytes | memoryview, limit: int) -> int:
         """Store ``data`` found at ``offset``, trimmed to [nxt, limit).
@@ -106,14 +221,23 @@ class ReceiveBuffer:
             self.nxt = end
             return end - start + self._pull_in_order()
         self._insert_ooo(start, end, data)
+        self._enforce_limit()
         return 0
+
+    def _end(self, start: int) -> int:
+        return start + len(self._blocks[start])
+
+    def _remove(self, start: int) -> bytearray:
+        self._starts.remove(start)
+        block = self._blocks.pop(start)
+        self.ooo_bytes -= len(block)
+        self.ooo_memory -= len(block) + BLOCK_OVERHEAD
+        return block
 
     def _pull_in_order(self) -> int:
         moved = 0
-        while self._starts and self._starts[0] <= self.nxt:
-            start = self._starts.pop(0)
-            block = self._blocks.pop(0)
-            self.ooo_bytes -= len(block)
+        while (start := self._starts.first()) is not None and start <= self.nxt:
+            block = self._remove(start)
             tail = block[self.nxt - start :]
             if tail:
                 self.ready += tail
@@ -122,44 +246,67 @@ class ReceiveBuffer:
         return moved
 
     def _insert_ooo(self, start: int, end: int, data: bytes | memoryview) -> None:
-        starts, blocks = self._starts, self._blocks
-        i = bisect_right(starts, start) - 1
-        if i >= 0 and starts[i] + len(blocks[i]) >= start:
-            # Overlaps or touches block i: extend it at the end (the common case of
+        blocks = self._blocks
+        first = self._starts.floor(start)
+        if first is not None and self._end(first) >= start:
+            # Overlaps or touches that block: extend it at the end (the common case of
             # in-order arrival after a hole costs only the new bytes).
-            block_end = starts[i] + len(blocks[i])
+            block_end = self._end(first)
             if end > block_end:
-                blocks[i] += data[block_end - start :]
+                blocks[first] += data[block_end - start :]
                 self.ooo_bytes += end - block_end
+                self.ooo_memory += end - block_end
         else:
-            i += 1
-            starts.insert(i, start)
-            blocks.insert(i, bytearray(data))
+            first = start
+            self._starts.add(start)
+            blocks[start] = bytearray(data)
             self.ooo_bytes += end - start
-        # Absorb following blocks that the grown block i now reaches.
-        while i + 1 < len(starts) and starts[i + 1] <= starts[i] + len(blocks[i]):
-            nstart = starts.pop(i + 1)
-            nblock = blocks.pop(i + 1)
-            cur_end = starts[i] + len(blocks[i])
+            self.ooo_memory += end - start + BLOCK_OVERHEAD
+        # Absorb following blocks that the grown block now reaches.
+        while (nstart := self._starts.higher(first)) is not None and nstart <= self._end(first):
+            nblock = self._remove(nstart)
+            cur_end = self._end(first)
             nend = nstart + len(nblock)
-            self.ooo_bytes -= len(nblock)
             if nend > cur_end:
-                blocks[i] += nblock[cur_end - nstart :]
+                blocks[first] += nblock[cur_end - nstart :]
                 self.ooo_bytes += nend - cur_end
+                self.ooo_memory += nend - cur_end
         # RFC 2018 4: remember the block holding the newest segment, most recent first.
         if start in self._recent:
             self._recent.remove(start)
         self._recent.insert(0, start)
         del self._recent[8:]
 
+    def _enforce_limit(self) -> None:
+        """RFC 2018 8 (reneging): over the memory limit, drop the highest blocks first,
+        which the sender needs last."""
+        limit = self.memory_limit
+        if limit is None:
+            return
+        while self.ooo_memory > limit and (top := self._starts.last()) is not None:
+            self.reneged_bytes += len(self._remove(top))
+
+    def renege(self) -> int:
+        """Drop every out-of-order block, as a receiver under memory pressure may (RFC 2018
+        8: SACKed data is not acknowledged until the cumulative ACK passes it). Returns the
+        bytes dropped."""
+        dropped = self.ooo_bytes
+        self._starts.clear()
+        self._blocks.clear()
+        self._recent.clear()
+        self.ooo_bytes = 0
+        self.ooo_memory = 0
+        self.reneged_bytes += dropped
+        return dropped
+
     def held(self, start: int, end: int) -> tuple[int, int] | None:
         """The first run of [start, end) already held out of order (above ``nxt``), if any."""
-        starts, blocks = self._starts, self._blocks
-        i = bisect_right(starts, start) - 1
-        if i >= 0 and start < starts[i] + len(blocks[i]):
-            return start, min(end, starts[i] + len(blocks[i]))
-        if i + 1 < len(starts) and starts[i + 1] < end:
-            return starts[i + 1], min(end, starts[i + 1] + len(blocks[i + 1]))
+        first = self._starts.floor(start)
+        if first is not None and start < self._end(first):
+            return start, min(end, self._end(first))
+        nxt = self._starts.higher(start)
+        if nxt is not None and nxt < end:
+            return nxt, min(end, self._end(nxt))
         return None
 
     def sack_blocks(self, max_blocks: int) -> list[tuple[int, int]]:
@@ -168,23 +315,23 @@ class ReceiveBuffer:
         RFC 2018 4: the first block holds the most recently received segment, the next ones
         repeat the most recently reported blocks; remaining room goes to the highest blocks.
         """
-        if not self._starts or max_blocks <= 0:
+        if not self._blocks or max_blocks <= 0:
             return []
         out: list[tuple[int, int]] = []
         seen: set[int] = set()
         alive: list[int] = []
         for off in self._recent:
-            i = bisect_right(self._starts, off) - 1
-            if i < 0 or off >= self._starts[i] + len(self._blocks[i]):
+            first = self._starts.floor(off)
+            if first is None or off >= self._end(first):
                 continue
             alive.append(off)
-            if i not in seen and len(out) < max_blocks:
-                seen.add(i)
-                out.append((self._starts[i], self._starts[i] + len(self._blocks[i])))
+            if first not in seen and len(out) < max_blocks:
+                seen.add(first)
+                out.append((first, self._end(first)))
         self._recent = alive
-        i = len(self._starts) - 1
-        while len(out) < max_blocks and i >= 0:
-            if i not in seen:
-                out.append((self._starts[i], self._starts[i] + len(self._blocks[i])))
-            i -= 1
+        top = self._starts.last()
+        while len(out) < max_blocks and top is not None:
+            if top not in seen:
+                out.append((top, self._end(top)))
+            top = self._starts.lower(top)
         return out

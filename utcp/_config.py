@@ -60,16 +60,23 @@ class Config:
             of a pair would stall the sender's ACK clock for a whole inter-arrival gap (about
             5% of the goodput of a 3 Mbit/s, 50 ms flow), and the ACKs it saves are at most
             1/quick_ack_gap per second. 0 always delays.
+        quick_acks: at connection start and after a pause in the peer's data longer than
+            the RTO, up to this many data segments are acknowledged at once (fewer with a
+            small window: rcv_wnd / (2 * MSS), at least 2), so the peer's slow start is not
+            paced by our delayed-ACK timer; not while our replies carry the ACKs. Linux's
+            quick-ACK mode, whose bound TCP_MAX_QUICKACKS is 16. 0 turns it off.
         initial_rto / min_rto / max_rto: RFC 6298 (2.1), (2.4), (2.5). min_rto defaults to
             200 ms like Linux rather than RFC 6298's conservative 1 s.
         connect_timeout: give up an active open after this long (SYNs back off meanwhile);
             30 s, the application's give-up that RFC 9293 3.8.3 (MUST-23) allows (module
             docstring).
-        max_retransmissions: consecutive RTO expiries before the connection is timed out
-            (RFC 9293 3.8.3 "R2"; Linux's tcp_retries2 is 15).
+        max_retransmissions: consecutive RTO expiries, or zero-window probes the peer leaves
+            unanswered, before the connection is timed out (RFC 9293 3.8.3 "R2"; Linux's
+            tcp_retries2 is 15 and bounds its window probes too).
         user_timeout: if set, fail the connection when sent data stays unacknowledged this
-            long (RFC 9293 3.8.3 USER TIMEOUT, RFC 5482 semantics); 30 s by default (module
-            docstring), None leaves it to ``max_retransmissions``.
+            long, or data waits this long behind a closed window whose probes go unanswered
+            (RFC 9293 3.8.3 USER TIMEOUT, RFC 5482 semantics; Linux's TCP_USER_TIMEOUT); 30 s
+            by default (module docstring), None leaves it to ``max_retransmissions``.
         msl: maximum segment lifetime; TIME-WAIT lasts 2 * msl (RFC 9293 3.4.2).
         fin_wait_2_timeout: how long an orphaned connection (closed by the application) waits
             in FIN-WAIT-2 for the peer's FIN (Linux tcp_fin_timeout).
@@ -97,6 +104,7 @@ class Config:
     nodelay: bool = False
     delayed_ack: float = 0.040
     quick_ack_gap: float = 0.001
+    quick_acks: int = 16
     initial_rto: float = 1.0
     min_rto: float = 0.2
     max_rto: float = 60.0
@@ -136,8 +144,8 @@ class Config:
             raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
         if not 0 <= self.delayed_ack <= 0.5:
             raise ValueError("delayed_ack must be within 0..0.5 s (RFC 9293 3.8.6.3)")
-        if self.quick_ack_gap < 0:
-            raise ValueError("quick_ack_gap must not be negative")
+        if self.quick_ack_gap < 0 or self.quick_acks < 0:
+            raise ValueError("quick_ack_gap and quick_acks must not be negative")
         for name in ("connect_timeout", "msl", "fin_wait_2_timeout", "keepalive_idle"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

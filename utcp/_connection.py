@@ -9,7 +9,7 @@ Reading list, in the order this module leans on them:
   RFC 1122 4.2 (host requirements: delayed ACK, keep-alives, closing with unread data).
 
 Theory of operation. A ``Connection`` is a pure function of its inputs and ``now``:
-``receive_datagrams``/``receive_segment`` feed peer segments, ``connect``/``listen``/
+``receive_segment`` feeds peer segments (decoded by the host), ``connect``/``listen``/
 ``send``/``receive``/``shutdown``/``close``/``abort`` are the application calls and
 ``handle_timer`` fires due timers. Nothing is sent from those calls: they only update the
 transmission control block (TCB) and set flags. ``datagrams_to_send(now)`` (or
@@ -29,13 +29,11 @@ import errno
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import replace
 
 from . import _congestion
-from ._buffers import ReceiveBuffer, SendBuffer
+from ._buffers import BLOCK_OVERHEAD, ReceiveBuffer, SendBuffer
 from ._config import DEFAULT_PEER_MSS, Config
-from ._errors import ConnectionTimedOut, UtcpStateError
+from ._errors import ConnectionTimedOut, UtcpInternalError, UtcpStateError
 from ._events import (
     Closed,
     ConnectionFailed,
@@ -46,30 +44,48 @@ from ._events import (
     SendSpaceAvailable,
     StateChanged,
 )
-from ._rack import Rack, probe_timeout
-from ._recovery import DUP_THRESH, Prr, Scoreboard, SentSegment
+from ._loss_recovery import LossRecovery
+from ._rack import Rack
+from ._recovery import Scoreboard, SentSegment
 from ._rtt import RttEstimator
 from ._seq import MASK, seq_diff
-from ._state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, State
+from ._state import (
+    BEFORE_SYN,
+    CAN_OUTPUT_DATA,
+    CAN_QUEUE,
+    CAN_RECEIVE,
+    CAN_SEND,
+    CLOSE_QUIETLY_ON_RST,
+    HANDSHAKING,
+    RST_ON_ABORT,
+    SENDING_FIN,
+    SYNCHRONIZED,
+    TRANSITIONS,
+    State,
+)
 from ._stats import ConnectionStats
-from ._wire import ACK, FIN, PSH, RST, SYN, DecodeError, Segment, decode_untrusted, encode
+from ._wire import (
+    ACK,
+    FIN,
+    MAX_WSCALE,
+    PSH,
+    RST,
+    SYN,
+    Segment,
+    encode,
+)
 
 log = logging.getLogger("utcp.core")
 
-# RFC 7323 2.3: the largest shift a window scale option may carry.
-MAX_WSCALE = 14
-# Retransmissions of our SYN-ACK before a half-open passive connection is dropped (Linux: 5).
-SYNACK_RETRIES = 5
+# RFC 9293 3.8.3 (MUST-23): R2 for a SYN segment lets it be retransmitted for at least 3
+# minutes. A passive half-open connection retransmits its SYN-ACK this long (Linux stops
+# after tcp_synack_retries, 5, about 63 s); an active open retransmits its SYN until the
+# application's Config.connect_timeout, which MUST-23 lets the application choose.
+SYN_R2 = 180.0
 # RFC 6298 (5.7): RTO after a lost SYN, once data transmission begins.
 RTO_AFTER_SYN_LOSS = 3.0
 # RFC 9293 3.8.6.2.1: Fs, the fraction of the peer's largest window worth sending alone.
 SWS_FRACTION = 0.5
-# Pacing: the pacing clock may run this far ahead of now, so segments leave in bursts of
-# about 1 ms of the pacing rate (Linux sizes its bursts the same way, sk_pacing_shift 10),
-# and at least PACING_BURST segments: at high rates a timer per segment costs more than the
-# burst it avoids.
-PACING_BURST = 2
-PACING_QUANTUM = 0.001
 # RFC 7323 5.5: TS.Recent is invalid after 24 days of idleness.
 PAWS_IDLE_LIMIT = 24 * 24 * 3600.0
 # RFC 7323 4.1 / 5.4: timestamp clock of 1 ms per tick.
@@ -147,6 +163,7 @@ class Connection:
         self.keepalive_count = config.keepalive_count
         self.user_timeout = config.user_timeout
         self._events: deque[Event] = deque()
+        self._pending_levels: set[type[Event]] = set()  # DataReceived etc. queued once
         self._out: list[Segment] = []  # control segments queued by input processing
 
         # -- send side (RFC 9293 3.3.1 names; offsets, see module docstring) --
@@ -160,25 +177,9 @@ class Connection:
         self.sndbuf = SendBuffer(config.send_buffer_size)
         self._fin_queued = False
         self._fin_offset: int | None = None
-        self.scoreboard = Scoreboard()
-        self._dupacks = 0
-        self._recovery_point: int | None = None  # RFC 6675 "RecoveryPoint"
-        self.rack = Rack()
-        self._rack_deadline: float | None = None  # RFC 8985 6.3 reordering timer
-        self._tlp_deadline: float | None = None  # RFC 8985 7.2 probe timeout
-        self._tlp_due = False
-        self._tlp_end: int | None = None  # RFC 8985 7.3 TLP.end_seq, while a probe is out
-        self._tlp_retrans = False
-        self._prr: Prr | None = None
-        self._undo: object | None = None  # controller state before the last reduction
-        self._undo_retrans = 0  # retransmissions since then not yet proven spurious
-        self._eifel_tsval: int | None = None  # RFC 3522: TSval of the RTO retransmission
-        self._pace_next = 0.0  # earliest time the next paced segment may leave
-        self._pace_blocked = False  # output is waiting for the pacing clock...
-        self._pace_wake = 0.0  # ...until then
-        self._cwnd_limited_seq = 0  # cwnd was the limit when SND.NXT was here
         self._syn_due = False
-        self._syn_retries = 0
+        self._syn_retries = 0  # timer retransmissions of our SYN (or SYN-ACK)
+        self._syn_sends = 0  # transmissions of it, for any reason
 
         # -- receive side --
         self.irs = 0
@@ -193,6 +194,10 @@ class Connection:
         self._full_gap = 0.0  # smoothed gap between full-sized segments (gain 1/8)
         self._last_ack_sent = 0  # offset we last acknowledged (RFC 7323 Last.ACK.sent)
         self._dsack: tuple[int, int] | None = None  # RFC 2883: a duplicate to report
+        self._quick_acks = 0  # data segments still to acknowledge at once (quick-ACK mode)
+        self._last_data_time: float | None = None  # when data last arrived
+        self._pingpong = False  # we answer data with data: our replies carry the ACKs
+        self._ack_split = False  # the ACK owed now must leave before more data is processed
 
         # -- options (RFC 9293 3.7.1, RFC 7323, RFC 2018) --
         self._ipv6 = ipv6
@@ -207,23 +212,19 @@ class Connection:
         self._ts_recent_time = 0.0
         self._ts_offset = 0
 
-        # -- timers and estimators --
-        self.rtt = RttEstimator(
-            initial_rto=config.initial_rto, min_rto=config.min_rto, max_rto=config.max_rto
-        )
-        self.cc = _congestion.create(
-            config.congestion_control,
-            mss=self.local_mss,
-            initial_window=config.initial_window,
-            paced=config.pacing,
-        )
+        # -- timers, estimators, loss recovery and congestion control --
+        self.recovery = LossRecovery(config, mss=self.local_mss, stats=self.stats)
         self._rto_deadline: float | None = None
-        self._rto_retries = 0
+        self._rto_retries = 0  # RTO expiries since SND.UNA last advanced
+        self._rto_answered = 0  # ...of which window probes the peer answered
+        self._last_rto_time = -1.0
         self._connect_deadline: float | None = None
         self._persist_deadline: float | None = None
         self._persist_backoff = 0
         self._keepalive_deadline: float | None = None
         self._keepalive_probes = 0
+        self._probes_out = 0  # zero-window probes sent since the peer last answered
+        self._probes_since: float | None = None  # when the first of them went out
         self._timewait_deadline: float | None = None
         self._finwait2_deadline: float | None = None
         self._unacked_since: float | None = None
@@ -235,7 +236,6 @@ class Connection:
         self._force_send = False  # a persist timeout: send even a small or probe segment
         self._last_keepalive_time = 0.0
         self._syn_time: float | None = None
-        self.delivery_rate = 0.0  # bytes per second, latest sample
         # -- kernel errors (on_kernel_error) --
         self.soft_error: int | None = None  # errno of the last soft error (like SO_ERROR)
         self._soft_error_time = 0.0  # when it arrived
@@ -268,6 +268,27 @@ class Connection:
         return max(1, min(self.local_mss, self.peer_mss) - (12 if self.ts_ok else 0))
 
     @property
+    def rtt(self) -> RttEstimator:
+        return self.recovery.rtt
+
+    @property
+    def cc(self) -> _congestion.CongestionController:
+        return self.recovery.cc
+
+    @property
+    def scoreboard(self) -> Scoreboard:
+        return self.recovery.scoreboard
+
+    @property
+    def rack(self) -> Rack:
+        return self.recovery.rack
+
+    @property
+    def delivery_rate(self) -> float:
+        """Bytes per second, the latest sample."""
+        return self.recovery.delivery_rate
+
+    @property
     def bytes_in_flight(self) -> int:
         return self.scoreboard.pipe
 
@@ -296,7 +317,7 @@ class Connection:
 
     @property
     def in_recovery(self) -> bool:
-        return self._recovery_point is not None
+        return self.recovery.in_recovery
 
     # ------------------------------------------------------------------ application calls
 
@@ -319,11 +340,7 @@ class Connection:
     def send(self, data: bytes | bytearray | memoryview) -> int:
         """Queue application bytes (RFC 9293 3.10.2); returns how many were taken (bounded by
         the send buffer). Creates output once ``datagrams_to_send`` runs."""
-        if self._fin_queued or self.state not in (
-            State.SYN_SENT,
-            State.SYN_RECEIVED,
-            *CAN_SEND,
-        ):
+        if self._fin_queued or self.state not in CAN_QUEUE:
             if self.error is not None:
                 raise UtcpStateError(f"connection failed: {self.error}") from self.error
             raise UtcpStateError(f"send() in state {self.state} after shutdown or close")
@@ -385,13 +402,7 @@ class Connection:
     def abort(self, now: float, *, error: Exception | None = None) -> None:
         """RFC 9293 3.10.5 ABORT: send a RST where the peer has state, then CLOSED. With
         ``error`` the connection fails with it (``ConnectionFailed``), as on a reset."""
-        if self.state in (
-            State.SYN_RECEIVED,
-            State.ESTABLISHED,
-            State.FIN_WAIT_1,
-            State.FIN_WAIT_2,
-            State.CLOSE_WAIT,
-        ):
+        if self.state in RST_ON_ABORT:
             self._queue_rst(self.snd_nxt)
         self._terminate(now, error)
 
@@ -492,53 +503,43 @@ class Connection:
         if size < 1:
             raise ValueError("receive buffer size must be positive")
         limit = 65535 << (self.rcv_wscale if self._offer_wscale is not None else 0)
-        if self.state in (State.CLOSED, State.LISTEN, State.SYN_SENT):
+        if self.state in BEFORE_SYN:
             limit = 65535 << MAX_WSCALE
             self._rcv_wnd_capacity = size
             if self.config.window_scaling:
                 self._offer_wscale = self._wscale_for(size)
             return
         self._rcv_wnd_capacity = min(size, limit)
+        self.rcvbuf.memory_limit = self._ooo_memory_limit()
 
     def set_mss(self, mss: int) -> None:
         """TCP_MAXSEG: before the SYN it is the MSS we announce; later it only lowers the
         segment size we send."""
         if not 64 <= mss <= 65495:
             raise ValueError("mss must be in 64..65495")
-        if self.state in (State.CLOSED, State.LISTEN, State.SYN_SENT) and not self._snd_nxt:
+        if self.state in BEFORE_SYN and not self._snd_nxt:
             self.local_mss = mss
         else:
             self.local_mss = min(self.local_mss, mss)
-        self.cc.mss = self.effective_mss
+        self.cc.set_mss(self.effective_mss)
 
     def set_congestion_control(self, name: str) -> None:
         """TCP_CONGESTION: switch algorithm, carrying the current cwnd and ssthresh over."""
-        cc = _congestion.create(
-            name, mss=self.effective_mss, initial_window=1, paced=self.config.pacing
-        )
-        cc.cwnd, cc.ssthresh = self.cc.cwnd, self.cc.ssthresh
-        self.cc = cc
+        self.recovery.switch_controller(name)
 
     # ------------------------------------------------------------------ input
-
-    def receive_datagrams(self, datagrams: Iterable[bytes | memoryview], now: float) -> None:
-        """Feed a batch of datagrams from the peer; malformed ones are dropped and counted."""
-        for data in datagrams:
-            try:
-                seg = decode_untrusted(data)
-            except DecodeError as exc:
-                self._drop(f"malformed: {exc.reason}")
-                if exc.reason == "checksum":
-                    self.stats.checksum_drops += 1
-                else:
-                    self.stats.malformed_drops += 1
-                continue
-            self.receive_segment(seg, now)
 
     def receive_segment(self, seg: Segment, now: float) -> None:
         """Process one decoded segment (RFC 9293 3.10.7). May create output."""
         self.stats.segments_received += 1
         state = self.state
+        if self._ack_split and state in SYNCHRONIZED and (seg.payload or seg.flags & FIN):
+            # RFC 5681 4.2 / RFC 9293 3.8.6.3: an ACK owed at once (every second full-sized
+            # segment, out-of-order data, quick-ACK mode) leaves before the next segment of
+            # the same batch moves RCV.NXT, with the cumulative ACK of its moment, rather
+            # than one ACK for the whole batch.
+            self._out.append(self._segment(ACK, self.snd_nxt, b"", now))
+            self._ack_sent()
         if state is State.CLOSED:
             self._closed_input(seg)
         elif state is State.LISTEN:
@@ -574,6 +575,7 @@ class Connection:
         self._choose_iss(now)
         self._syn_due = True
         self._last_recv_time = now
+        self._connect_deadline = now + SYN_R2
         self._set_state(State.SYN_RECEIVED)
 
     def _syn_sent_input(self, seg: Segment, now: float) -> None:
@@ -616,7 +618,6 @@ class Connection:
         """Record the peer's ISN and negotiate options from its SYN."""
         self.irs = seg.seq
         self.rcvbuf = ReceiveBuffer()
-        self._rcv_adv = 1 + self._window_space()
         self._last_ack_sent = 1
         # RFC 9293 3.7.1: MSS, else the 536-byte default.
         if seg.mss is not None:
@@ -628,7 +629,7 @@ class Connection:
         else:
             self.snd_wscale = self.rcv_wscale = 0
             self._offer_wscale = None
-            self._rcv_adv = 1 + min(self._window_space(), 65535)
+        self._rcv_adv = 1 + self._window_space()
         # RFC 2018 2: SACK only if both sides sent SACK-permitted.
         self.sack_ok = seg.sack_permitted and self.config.sack
         # RFC 7323 3.2: timestamps only if the SYN carried them (and we offer them).
@@ -640,6 +641,7 @@ class Connection:
         else:
             self.ts_ok = False
         self.cc.mss = self.effective_mss
+        self.rcvbuf.memory_limit = self._ooo_memory_limit()
         self.cc.cwnd = max(
             self.cc.cwnd * self.effective_mss // max(1, self.local_mss), self.effective_mss
         )
@@ -647,12 +649,19 @@ class Connection:
     def _syn_acked(self, seg: Segment, now: float) -> None:
         """Our SYN is acknowledged: RTT sample from the handshake (Karn: only if sent once)."""
         self._rto_deadline = None
-        if self._syn_retries == 0 and self._syn_time is not None:
+        # RFC 6298 3 (Karn): time the SYN (SYN-ACK) only if it was sent once, whether it was
+        # resent by the timer, for a duplicate SYN, or as the SYN-ACK of a simultaneous
+        # open; else from the echoed timestamp (RFC 7323 4.1).
+        if self._syn_sends == 1 and self._syn_time is not None:
             self.rtt.on_sample(now - self._syn_time)
         elif self.ts_ok and seg.timestamps is not None and seg.timestamps[1]:
             self.rtt.on_sample(self._ts_rtt(seg.timestamps[1], now))
-        else:
+        elif self._syn_retries:
             self.rtt.reset_after_syn_loss(RTO_AFTER_SYN_LOSS)
+        if self._syn_sends > 2:
+            # RFC 6928 2: the initial window is reset to one segment only after "more than
+            # one SYN or SYN/ACK retransmissions" (one may be spurious with a 1 s RTO).
+            self.cc.on_handshake_loss()
         self._rto_retries = 0
         self._connect_deadline = None
 
@@ -660,30 +669,27 @@ class Connection:
         """RFC 9293 3.10.7.4: SYN-RECEIVED and the synchronized states, step by step."""
         if not self._check_paws(seg, now):
             return
-        if (
+        # Simultaneous open (RFC 9293 3.5 figure 8): the peer's SYN-ACK repeats the SYN we
+        # already hold (the acceptability test lets a SYN at offset 0 through). Its SYN is
+        # not processed again, but it stays on the segment: RFC 7323 2.2 (a MUST) reads the
+        # window of a segment with SYN unscaled, and the text starts after it.
+        synack_repeat = (
             self.state is State.SYN_RECEIVED
             and seg.flags & (SYN | ACK | RST) == SYN | ACK
             and self._seq_offset(seg.seq) == 0
             and self._ack_offset(seg.ack) == 1
-        ):
-            # Simultaneous open (RFC 9293 3.5 figure 8): the peer's SYN-ACK repeats the
-            # SYN we already hold. Trim the SYN off the front (RFC 9293 3.10.7.4, "trimming
-            # off any portions that lie outside the window") and keep its ACK.
-            seg = replace(seg, seq=(seg.seq + 1) & MASK, flags=seg.flags & ~SYN)
+        )
         if not self._check_sequence(seg, now):
             return
         if seg.flags & RST:
             self._handle_rst(seg, now)
             return
-        if seg.flags & SYN:
+        if seg.flags & SYN and not synack_repeat:
             self._handle_syn_in_window(seg, now)
             return
         if not seg.flags & ACK:
             self._drop("no ACK")
             return
-        self._update_ts_recent(seg, now)
-        self._last_recv_time = now
-        self._keepalive_probes = 0
         if not self._handle_ack(seg, now):
             return
         if self.state is State.CLOSED:
@@ -693,8 +699,13 @@ class Connection:
 
     # RFC 7323 5.3 R1: PAWS, before the sequence check.
     def _check_paws(self, seg: Segment, now: float) -> bool:
-        if not self.ts_ok or seg.timestamps is None or seg.flags & RST:
+        if not self.ts_ok or seg.flags & RST:
             return True
+        if seg.timestamps is None:
+            # RFC 7323 3.2: once TSopt is negotiated, a non-RST segment without one SHOULD
+            # be silently dropped (it would slip past PAWS).
+            self._drop("no timestamp")
+            return False
         tsval = seg.timestamps[0]
         if seq_diff(tsval, self.ts_recent) >= 0:
             return True
@@ -753,6 +764,12 @@ class Connection:
 
     def _handle_rst(self, seg: Segment, now: float) -> None:
         """RFC 9293 3.10.7.4 second, with RFC 5961 3.2's exact-match rule."""
+        if self.state is State.TIME_WAIT:
+            # RFC 1337 fix F1: ignore RSTs in TIME-WAIT, so an old duplicate RST cannot cut
+            # 2 MSL short (hazard H1). Linux does this with tcp_rfc1337=1; its default
+            # lets the RST end TIME-WAIT. A deliberate departure from RFC 9293 3.10.7.4.
+            self._drop("RST in TIME-WAIT (RFC 1337)")
+            return
         rcv_nxt = self.rcvbuf.nxt + (1 if self._fin_received else 0)
         if self._seq_offset(seg.seq) != rcv_nxt:
             self._drop("RST not at RCV.NXT: challenge ACK")
@@ -763,7 +780,7 @@ class Connection:
             self._terminate(now, None)
         elif self.state is State.SYN_RECEIVED:
             self._terminate(now, ConnectionRefusedError("connection refused by peer"))
-        elif self.state in (State.CLOSING, State.LAST_ACK, State.TIME_WAIT):
+        elif self.state in CLOSE_QUIETLY_ON_RST:
             self._terminate(now, None)
         else:
             self._terminate(now, ConnectionResetError("connection reset by peer"))
@@ -785,6 +802,7 @@ class Connection:
                 self._drop("unacceptable ACK in SYN-RECEIVED")
                 self._queue_rst(seg.ack)
                 return False
+            self._ack_accepted(seg, now)
             self._snd_una = 1
             self._syn_acked(seg, now)
             self._update_window(seg, force=True)
@@ -799,6 +817,7 @@ class Connection:
             self._drop("ACK too old (RFC 5961 5.2)")
             self._ack_now = True
             return False
+        self._ack_accepted(seg, now)
         self._process_ack(seg, ack_off, now)
         if self.state is State.CLOSED:
             return False
@@ -820,225 +839,59 @@ class Connection:
             self._timewait_deadline = now + 2 * self.config.msl
         return True
 
+    def _ack_accepted(self, seg: Segment, now: float) -> None:
+        """The segment's ACK passed validation: only now may it change the TCB. RFC 9293
+        3.10.7.4 fifth drops a segment that acknowledges data never sent, and RFC 7323 4.3
+        takes TS.Recent only from segments that are not dropped, so a stale or forged
+        segment can neither poison PAWS nor pass as a sign of a live peer."""
+        self._update_ts_recent(seg, now)
+        self._last_recv_time = now
+        self._keepalive_probes = 0
+        # RFC 9293 3.8.6.1: the peer answered; window probes start counting afresh.
+        self._probes_out = 0
+        self._probes_since = None
+
     def _process_ack(self, seg: Segment, ack_off: int, now: float) -> None:
         old_una = self._snd_una
-        sb = self.scoreboard
-        newly_sacked = 0
-        self.rack.begin_ack()
-        if self.sack_ok and seg.sack_blocks:
-            newly_sacked = self._apply_sack_blocks(seg.sack_blocks, ack_off, now)
-        delivered = newly_sacked
+        released = 0
         if ack_off > old_una:
-            delivered += ack_off - old_una
-            self._on_new_ack(seg, ack_off, now)
-        elif (
-            ack_off == old_una
-            and seg.seg_len == 0
-            and self._snd_nxt > self._snd_una
-            and (seg.window << self.snd_wscale) == self.snd_wnd
-        ):
+            self._snd_una = ack_off
+            released = self.sndbuf.acknowledge(min(ack_off, self.sndbuf.end))
+            self.stats.bytes_acked += released
+            self._rto_retries = self._rto_answered = 0
+            self._persist_backoff = 0
+        tsecr = seg.timestamps[1] if self.ts_ok and seg.timestamps is not None else None
+        newly_sacked = self.recovery.on_ack(
+            now,
+            old_una=old_una,
+            snd_una=self._snd_una,
+            snd_nxt=self._snd_nxt,
+            sack_ok=self.sack_ok,
+            sack_blocks=[(self._ack_offset(a), self._ack_offset(b)) for a, b in seg.sack_blocks],
             # RFC 5681 2: a duplicate ACK.
-            self._dupacks += 1
-            self.stats.dupacks_received += 1
-            if not self.sack_ok:
-                delivered += self.effective_mss  # RFC 6937 3: DeliveredData without SACK
+            dupack=(
+                ack_off == old_una
+                and seg.seg_len == 0
+                and self._snd_nxt > self._snd_una
+                and (seg.window << self.snd_wscale) == self.snd_wnd
+            ),
+            tsecr=tsecr,
+            ts_rtt=self._ts_rtt(tsecr, now) if tsecr else None,
+        )
+        if ack_off > old_una:
+            # RFC 6298 (5.2)/(5.3): stop the timer when all is acked, else restart it.
+            if self._snd_una >= self._snd_nxt:
+                self._rto_deadline = None
+                self._unacked_since = None
+            else:
+                self._rto_deadline = now + self.rtt.current_rto()
+                self._unacked_since = now
+            if released:
+                self._notify(SendSpaceAvailable())
         window_before = self.snd_wnd
         self._update_window(seg)
         if self.snd_wnd > window_before or newly_sacked:
             self._persist_backoff = 0
-        if self.sack_ok:
-            self._rack_detect(now)
-        loss_seen = sb.lost_bytes or (not self.sack_ok and self._dupacks >= DUP_THRESH)
-        if loss_seen and not self.in_recovery and self._snd_nxt > self._snd_una:
-            self._enter_recovery(now)
-        if self._prr is not None and self.in_recovery and delivered:
-            self._prr.on_ack(
-                delivered, pipe=sb.pipe, ssthresh=self.cc.ssthresh, mss=self.effective_mss
-            )
-
-    def _apply_sack_blocks(
-        self, blocks: tuple[tuple[int, int], ...], ack_off: int, now: float
-    ) -> int:
-        newly = 0
-        sb = self.scoreboard
-        for i, (left, right) in enumerate(blocks):
-            lo, hi = self._ack_offset(left), self._ack_offset(right)
-            if (
-                i == 0
-                and lo < hi
-                # RFC 2883 4: below this ACK's cumulative acknowledgement (which SND.UNA
-                # has not taken yet), or inside the second block.
-                and (hi <= ack_off or (len(blocks) > 1 and self._within(lo, hi, blocks[1])))
-            ):
-                self._on_dsack(lo, hi, now)  # RFC 2883 4: the first block reports a duplicate
-                continue
-            # RFC 2018 / RFC 6675: ignore blocks outside (SND.UNA, SND.NXT].
-            if not (self._snd_una <= lo < hi <= self._snd_nxt):
-                continue
-            newly += sb.apply_sack(lo, hi)
-        for seg in sb.newly_sacked:
-            self.rack.on_delivered(seg, now)
-        sb.newly_sacked.clear()
-        self.stats.sacked_bytes += newly
-        return newly
-
-    def _within(self, lo: int, hi: int, block: tuple[int, int]) -> bool:
-        return self._ack_offset(block[0]) <= lo and hi <= self._ack_offset(block[1])
-
-    def _on_dsack(self, lo: int, hi: int, now: float) -> None:
-        """RFC 2883 / RFC 3708: a segment arrived twice; if it was our retransmission, the
-        retransmission was spurious. When every retransmission of the last congestion
-        response proves spurious, the response is undone (RFC 3708 5 / RFC 4015 idea)."""
-        self.stats.dsacks_received += 1
-        self.rack.on_dsack(self._snd_una, self._snd_nxt)  # RFC 8985 6.2 step 4
-        if self._undo is not None and self._undo_retrans > 0:
-            self._undo_retrans -= 1
-            self.stats.spurious_retransmits += 1
-            if self._undo_retrans == 0:
-                self._undo_congestion_response(now)
-        if self._tlp_end is not None and self._tlp_retrans and hi <= self._tlp_end:
-            self._tlp_retrans = False  # RFC 8985 7.4.2: the probe was a duplicate
-
-    def _undo_congestion_response(self, now: float) -> None:
-        assert self._undo is not None
-        self.cc.undo(self._undo)
-        self._undo = None
-        self.stats.undos += 1
-        if self._recovery_point is not None:
-            self._recovery_point = None
-            self._prr = None
-            self.rack.on_recovery_exit()
-
-    def _rack_detect(self, now: float) -> None:
-        """RFC 8985 6.2 step 5 / 6.3: mark losses, arm the reordering timer for the rest."""
-        sb = self.scoreboard
-        lost_before = sb.lost_bytes
-        reo = self.rack.reo_wnd(
-            in_recovery=self.in_recovery,
-            sacked_segments=sb.sacked_segments,
-            srtt=self.rtt.srtt or 0.0,
-        )
-        self._rack_deadline = self.rack.detect_losses(sb, now, reo)
-        if sb.lost_bytes > lost_before:
-            self.stats.lost_segments += 1
-
-    def _on_new_ack(self, seg: Segment, ack_off: int, now: float) -> None:
-        sb = self.scoreboard
-        acked_segments = sb.acknowledge(ack_off)
-        acked = ack_off - self._snd_una
-        self._snd_una = ack_off
-        released = self.sndbuf.acknowledge(min(ack_off, self.sndbuf.end))
-        self.stats.bytes_acked += released
-        self._dupacks = 0
-        self._rto_retries = 0
-        self._persist_backoff = 0
-        self._tlp_deadline = None  # RFC 8985 7.2: re-armed from this ACK
-        if self._eifel_tsval is not None:
-            self._eifel_check(seg, now)
-        # RTT: from the newest segment acked that was sent once (Karn, RFC 6298 (3)), else
-        # from the echoed timestamp (RFC 7323 4.1: only on ACKs that advance SND.UNA).
-        rtt: float | None = None
-        fresh = [s for s in acked_segments if s.retransmits == 0]
-        if fresh:
-            rtt = now - fresh[-1].xmit_time
-        elif self.ts_ok and seg.timestamps is not None and seg.timestamps[1]:
-            rtt = self._ts_rtt(seg.timestamps[1], now)
-        if rtt is not None:
-            self.rtt.on_sample(rtt)
-        if acked_segments:
-            for s in acked_segments:
-                if not s.sacked:
-                    self.rack.on_delivered(s, now)
-            # Delivery rate sample: bytes delivered since the newest acked segment was sent,
-            # over the time since (the sampling idea of draft-cheng-iccrg-delivery-rate).
-            last = acked_segments[-1]
-            elapsed = now - last.xmit_time
-            if elapsed > 0:
-                self.delivery_rate = (self.stats.bytes_acked - last.delivered) / elapsed
-        if self._tlp_end is not None and ack_off >= self._tlp_end:
-            # RFC 8985 7.4.2: the probe's episode is over. A retransmitted probe that was not
-            # reported as a duplicate repaired a real loss: respond to it as congestion.
-            if self._tlp_retrans and not self.in_recovery:
-                self.cc.on_loss(now=now, in_flight=self._reduction_flight())
-                self.cc.on_recovery_end(now=now)
-                self.stats.tlp_recoveries += 1
-            self._tlp_end = None
-            self._tlp_retrans = False
-        if self.in_recovery and self._recovery_point is not None:
-            if ack_off >= self._recovery_point:
-                # RFC 6582 3.2 (3) / RFC 6675 5: a full ACK ends recovery.
-                self._recovery_point = None
-                self._prr = None
-                self.cc.on_recovery_end(now=now)
-                self.rack.on_recovery_exit()
-            elif not self.sack_ok:
-                # RFC 6582 3.2 (5): a partial ACK: the next hole is lost too.
-                first = sb.first()
-                if first is not None:
-                    sb.mark_lost(first)
-        else:
-            self.cc.on_ack(
-                now=now,
-                acked=acked,
-                rtt=rtt,
-                in_flight=sb.pipe + acked,
-                snd_una=self._snd_una,
-                snd_nxt=self._snd_nxt,
-                app_limited=self._snd_una > self._cwnd_limited_seq,
-            )
-        # RFC 6298 (5.2)/(5.3): stop the timer when all is acked, else restart it.
-        if self._snd_una >= self._snd_nxt:
-            self._rto_deadline = None
-            self._unacked_since = None
-        else:
-            self._rto_deadline = now + self.rtt.current_rto()
-            self._unacked_since = now
-        if released:
-            self._events.append(SendSpaceAvailable())
-
-    def _eifel_check(self, seg: Segment, now: float) -> None:
-        """RFC 3522 2 (Eifel detection): the first ACK of new data after a timeout that echoes
-        a timestamp older than the retransmission's was caused by the original: the timeout
-        was spurious. RFC 4015 (Eifel response): restore the congestion state and go on with
-        new data instead of resending everything."""
-        tsval = self._eifel_tsval
-        self._eifel_tsval = None
-        if tsval is None or not self.ts_ok or seg.timestamps is None:
-            return
-        if seq_diff(seg.timestamps[1], tsval) < 0 and self._undo is not None:
-            self.stats.spurious_rtos += 1
-            self._undo_retrans = 0
-            self._undo_congestion_response(now)
-            self.scoreboard.unmark_lost()
-            self.rack.reset_cursor()
-
-    def _enter_recovery(self, now: float) -> None:
-        """RFC 6675 5 / RFC 6582 3.2: fast retransmit and fast recovery, with PRR."""
-        sb = self.scoreboard
-        if not self.sack_ok:
-            first = sb.first()
-            if first is not None:
-                sb.mark_lost(first)
-        self._recovery_point = self._snd_nxt
-        self.stats.fast_retransmits += 1
-        self._undo = self.cc.snapshot()
-        self._undo_retrans = 0
-        self.cc.on_loss(now=now, in_flight=self._reduction_flight())
-        # RFC 9937 (PRR, which obsoletes RFC 6937): RecoverFS = pipe before the reduction.
-        self._prr = Prr(sb.pipe + sb.lost_bytes)
-        self._tlp_deadline = None
-
-    def _reduction_flight(self) -> int:
-        """FlightSize for a congestion response (RFC 5681 3.1 eq. 4, RFC 9438 4.6).
-
-        RFC 5681 defines it as data sent and not cumulatively acknowledged, SACKed data
-        included; this sender refills its window as SACKs arrive (RFC 6675 pipe), so that
-        can exceed cwnd by what was SACKed before the loss was detected, and RFC 5681 3.2
-        keeps data sent beyond cwnd that way (limited transmit) out of the computation. So:
-        FlightSize, but no more than cwnd. The pipe alone would leave the SACKed data out
-        and cut the window below the multiplicative decrease the RFCs prescribe.
-        """
-        return min(self._snd_nxt - self._snd_una, self.cc.cwnd)
 
     def _update_window(self, seg: Segment, force: bool = False) -> None:
         """RFC 9293 3.10.7.4 fifth: update SND.WND if the segment is newer (SND.WL1/WL2)."""
@@ -1071,6 +924,7 @@ class Connection:
             self._terminate(now, None)
             return
         seg_off = self._seq_offset(seg.seq) + (1 if seg.flags & SYN else 0)
+        self._note_data_arrival(now)
         rb = self.rcvbuf
         had_gap = rb.has_gap
         before = rb.nxt
@@ -1079,7 +933,7 @@ class Connection:
         moved = rb.insert(seg_off, payload, self._rcv_adv)
         self.stats.bytes_received += moved
         if moved:
-            self._events.append(DataReceived())
+            self._notify(DataReceived())
         if seg_off != before or had_gap:
             # RFC 5681 4.2 / RFC 9293 3.8.6.3: out-of-order data, or data that fills a gap,
             # is acknowledged at once.
@@ -1089,6 +943,7 @@ class Connection:
                 self._report_duplicate(*dup)
             elif seg_off > before:
                 self.stats.ooo_segments_received += 1
+                self._ack_split = True  # RFC 5681 4.2: a duplicate ACK per such segment
         else:
             self._schedule_delayed_ack(now, full)
 
@@ -1113,6 +968,19 @@ class Connection:
             start, end = min(start, pending[0]), max(end, pending[1])
         self._dsack = (start, end)
 
+    def _note_data_arrival(self, now: float) -> None:
+        """Quick-ACK mode, as Linux has it (tcp_event_data_recv, tcp_incr_quickack): the
+        first data of a connection, or data after a pause longer than the RTO (the sender is
+        restarting its window), is acknowledged at once for a few segments, so the peer's
+        slow start is clocked by the path rather than by our delayed-ACK timer. RFC 5681 4.2
+        allows ACKing more often than every second segment."""
+        last = self._last_data_time
+        self._last_data_time = now
+        if last is None or now - last > self.rtt.current_rto():
+            quota = (self._rcv_adv - self.rcvbuf.nxt) // (2 * self.effective_mss)
+            bound = min(self.config.quick_acks, max(2, quota))
+            self._quick_acks = max(self._quick_acks, bound)
+
     def _schedule_delayed_ack(self, now: float, full: bool) -> None:
         # RFC 1122 4.2.3.2 / RFC 9293 3.8.6.3: ACK at least every second full-sized segment,
         # and within the delayed-ACK timeout. RFC 5681 4.2 lets a receiver ACK more often:
@@ -1127,8 +995,14 @@ class Connection:
                 self._full_gap += (gap - self._full_gap) / 8
                 sparse = self._full_gap >= gap_limit
             self._full_arrival = now
-        if sparse or self._unacked_full_segments >= 2 or self.config.delayed_ack == 0:
+        # Quick-ACK mode (_note_data_arrival), except while our replies carry the ACKs
+        # (Linux's "pingpong" mode).
+        quick = self._quick_acks > 0 and not self._pingpong
+        if quick:
+            self._quick_acks -= 1
+        if quick or sparse or self._unacked_full_segments >= 2 or self.config.delayed_ack == 0:
             self._ack_now = True
+            self._ack_split = True
         elif self._delack_deadline is None:
             self._delack_deadline = now + self.config.delayed_ack
 
@@ -1180,9 +1054,7 @@ class Connection:
         best: float | None = None
         for t in (
             self._rto_deadline,
-            self._rack_deadline,
-            self._tlp_deadline,
-            self._pace_deadline(),
+            self.recovery.next_deadline(),
             self._delack_deadline,
             self._persist_deadline,
             self._keepalive_deadline,
@@ -1196,9 +1068,13 @@ class Connection:
         return best
 
     def _user_timeout_deadline(self) -> float | None:
-        if self.user_timeout is None or self._unacked_since is None:
+        """RFC 9293 3.8.3 / RFC 5482: the user timeout runs while sent data is unacknowledged
+        and while data waits behind a closed window whose probes go unanswered (as Linux
+        applies TCP_USER_TIMEOUT to window probes)."""
+        if self.user_timeout is None:
             return None
-        return self._unacked_since + self.user_timeout
+        starts = [t for t in (self._unacked_since, self._probes_since) if t is not None]
+        return min(starts) + self.user_timeout if starts else None
 
     def handle_timer(self, now: float) -> None:
         """Run every timer due at ``now``. May create output."""
@@ -1206,11 +1082,12 @@ class Connection:
             return
         uto = self._user_timeout_deadline()
         if uto is not None and now >= uto:
-            # RFC 9293 3.8.3 / RFC 5482: data unacknowledged for the user timeout.
+            # RFC 9293 3.8.3 / RFC 5482: data undelivered for the user timeout.
             self._terminate(now, ConnectionTimedOut("user timeout"), rst=True)
             return
         if self._connect_deadline is not None and now >= self._connect_deadline:
-            self._terminate(now, ConnectionTimedOut("connect timeout"))
+            reason = "handshake" if self._passive else "connect timeout"
+            self._terminate(now, ConnectionTimedOut(reason))
             return
         if self._timewait_deadline is not None and now >= self._timewait_deadline:
             self._terminate(now, None)  # RFC 9293 3.10.8: TIME-WAIT timeout
@@ -1221,25 +1098,17 @@ class Connection:
         if self._delack_deadline is not None and now >= self._delack_deadline:
             self._delack_deadline = None
             self._ack_now = True
-        if self._tlp_deadline is not None and now >= self._tlp_deadline:
-            # RFC 8985 7.3: the probe timeout: send a probe, and the RTO starts over.
-            self._tlp_deadline = None
-            self._tlp_due = True
+            self._pingpong = False  # Linux: a delayed ACK had to go alone: not pingpong
+        if self.recovery.probe_timer_due(now):
+            # RFC 8985 7.3: the probe timeout: a probe goes out, and the RTO starts over.
             self._rto_deadline = now + self.rtt.current_rto()
         if self._rto_deadline is not None and now >= self._rto_deadline:
             self._on_rto(now)
             if self.closed:
                 return
-        if self._rack_deadline is not None and now >= self._rack_deadline:
-            # RFC 8985 6.3: the reordering timer: look for losses again.
-            self._rack_deadline = None
-            self._rack_detect(now)
-            if self.scoreboard.lost_bytes and not self.in_recovery:
-                self._enter_recovery(now)
-                if self._prr is not None:
-                    self._prr.quota = self.effective_mss
-        if self._pace_blocked and now >= self._pace_wake:
-            self._pace_blocked = False  # output runs next and may send again
+        self.recovery.on_timer(
+            now, snd_una=self._snd_una, snd_nxt=self._snd_nxt, sack_ok=self.sack_ok
+        )
         if self._persist_deadline is not None and now >= self._persist_deadline:
             self._on_persist(now)
         if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
@@ -1248,41 +1117,47 @@ class Connection:
     def _on_rto(self, now: float) -> None:
         """RFC 6298 (5.4)-(5.6) and RFC 9293 3.8.3 (R2)."""
         self.stats.rto_expiries += 1
-        if self.state in (State.SYN_SENT, State.SYN_RECEIVED):
-            if self.state is State.SYN_RECEIVED and self._syn_retries >= SYNACK_RETRIES:
-                self._terminate(now, ConnectionTimedOut("handshake"))
-                return
+        if self.state in HANDSHAKING:
             self._syn_retries += 1
             self.rtt.back_off()
             self._syn_due = True
             self._rto_deadline = None
             return
         self._rto_retries += 1
-        if self._rto_retries > self.config.max_retransmissions:
+        if self.snd_wnd == 0 and self._last_recv_time > self._last_rto_time:
+            # RFC 9293 3.8.6.1: with the peer's window closed, a retransmission is a window
+            # probe, and the connection is kept while the peer answers them: an expiry the
+            # peer answered since the last one does not count toward the limit (as Linux's
+            # retransmission timer treats a zero window).
+            self._rto_answered += 1
+        self._last_rto_time = now
+        if self._rto_retries - self._rto_answered > self.config.max_retransmissions:
             self._terminate(now, ConnectionTimedOut("retransmission limit"), rst=True)
             return
-        sb = self.scoreboard
-        if self._rto_retries == 1:
-            self._undo = self.cc.snapshot()
-            self._undo_retrans = 0
-            if self.ts_ok:
-                self._eifel_tsval = self._ts_now(now)  # RFC 3522: the retransmission's TSval
-        # RFC 5681 3.1: when a segment the timer already retransmitted times out again,
-        # ssthresh is held constant; only cwnd goes back to one segment.
-        self.cc.on_rto(now=now, in_flight=self._reduction_flight(), repeated=self._rto_retries > 1)
-        sb.mark_all_lost()
-        self.rack.reset_cursor()
-        self._recovery_point = None
-        self._prr = None
-        self._tlp_deadline = None
-        self._tlp_end = None
-        self._dupacks = 0
+        self.recovery.on_rto(
+            now,
+            snd_una=self._snd_una,
+            snd_nxt=self._snd_nxt,
+            repeated=self._rto_retries > 1,
+            tsval=self._ts_now(now) if self.ts_ok else None,
+        )
         self.rtt.back_off()
         self._rto_deadline = now + self.rtt.current_rto()
 
     def _on_persist(self, now: float) -> None:
         """RFC 9293 3.8.6.1 zero-window probe, also the SWS override timeout (3.8.6.2.1)."""
         self._persist_deadline = None
+        # RFC 9293 3.8.3 (R2) and 3.8.6.1: a probe is a retransmission of the window
+        # question; while the peer answers none of them they count toward the same limit
+        # as retransmissions (Linux: icsk_probes_out against tcp_retries2). An answer resets
+        # the count (_ack_accepted), so a live peer may keep its window closed forever
+        # (MUST-37).
+        if self._probes_out >= self.config.max_retransmissions:
+            self._terminate(now, ConnectionTimedOut("zero-window probes unanswered"), rst=True)
+            return
+        if self._probes_out == 0:
+            self._probes_since = now
+        self._probes_out += 1
         self._persist_backoff += 1
         self.stats.window_probes += 1
         self._force_send = True
@@ -1298,6 +1173,7 @@ class Connection:
         self._last_keepalive_time = now
         # <SEQ=SND.NXT-1>, no data: the peer answers with an ACK.
         self._out.append(self._segment(ACK, (self.snd_nxt - 1) & MASK, b"", now))
+        self._ack_sent()
 
     def _arm_idle_timers(self, now: float) -> None:
         """Persist and keepalive are armed after output, from the resulting state."""
@@ -1316,10 +1192,13 @@ class Connection:
         else:
             self._persist_deadline = None
         if self.keepalive and self.state in SYNCHRONIZED and self.state is not State.TIME_WAIT:
+            # Keepalives only while nothing is queued: with data waiting, the RTO or the
+            # persist timer watches the peer and counts toward max_retransmissions (as in
+            # Linux's tcp_keepalive_timer).
             if idle and not self.unsent:
                 if self._keepalive_probes:
                     base = self.keepalive_interval
-                    since = self._last_probe_time()
+                    since = self._last_keepalive_time
                 else:
                     base = self.keepalive_idle
                     since = self._last_recv_time
@@ -1328,9 +1207,6 @@ class Connection:
                 self._keepalive_deadline = None
         else:
             self._keepalive_deadline = None
-
-    def _last_probe_time(self) -> float:
-        return self._last_keepalive_time
 
     # ------------------------------------------------------------------ output
 
@@ -1342,12 +1218,22 @@ class Connection:
         """Like ``datagrams_to_send`` but as ``Segment`` objects (for tests and tracing)."""
         out = self._out
         self._out = []
+        queued = len(out)  # queued ACKs called _ack_sent when they were made
         state = self.state
-        if self._syn_due and state in (State.SYN_SENT, State.SYN_RECEIVED):
+        if self._syn_due and state in HANDSHAKING:
             out.append(self._syn_segment(now))
+            self._ack_now = False
+        elif state is State.SYN_RECEIVED and self._ack_now:
+            # RFC 9293 3.10.7.4 first: an unacceptable segment draws
+            # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK> in SYN-RECEIVED too.
+            out.append(self._segment(ACK, self.snd_nxt, b"", now))
+            self._ack_sent()
         elif state in SYNCHRONIZED:
             self._output_data(out, now)
-            acking = any(s.flags & ACK and not s.flags & RST for s in out)
+            new = out[queued:]
+            if any(s.payload for s in new) and self._replies_to_data(now):
+                self._pingpong = True
+            acking = any(s.flags & ACK and not s.flags & RST for s in new)
             delack_due = self._delack_deadline is not None and self._delack_deadline <= now
             if not acking and (self._ack_now or delack_due):
                 out.append(self._segment(ACK, self.snd_nxt, b"", now))
@@ -1358,10 +1244,17 @@ class Connection:
         self.stats.segments_sent += len(out)
         return out
 
+    def _replies_to_data(self, now: float) -> bool:
+        """Linux's pingpong test (tcp_event_data_sent): data sent within the delayed-ACK
+        time of the last data received answers it."""
+        last = self._last_data_time
+        return last is not None and now - last < self.config.delayed_ack
+
     def _syn_segment(self, now: float) -> Segment:
         """SYN or SYN-ACK with our options (RFC 9293 3.7.1, RFC 7323, RFC 2018)."""
         self._syn_due = False
-        if self._syn_retries == 0:
+        self._syn_sends += 1
+        if self._syn_sends == 1:
             self._syn_time = now
         else:
             self.stats.retransmits += 1
@@ -1387,135 +1280,52 @@ class Connection:
             timestamps=ts,
         )
 
-    def _send_budget(self) -> int:
-        """Bytes the congestion state lets us put in flight now."""
-        if self._prr is not None and self.in_recovery:
-            return self._prr.quota  # RFC 6937
-        room = self.cc.cwnd - self.scoreboard.pipe
-        if 0 < self._dupacks < DUP_THRESH:
-            # RFC 3042 2: limited transmit: one new segment on each of the first two dupACKs.
-            room += self._dupacks * self.effective_mss
-        return room
-
-    def _pace_deadline(self) -> float | None:
-        return self._pace_wake if self._pace_blocked else None
-
-    def _pacing_rate(self) -> float | None:
-        """Pacing: spread a window over the RTT at rate cwnd/SRTT (x2 in slow start, x1.25
-        after, as Linux does). None while pacing is off or there is no RTT estimate."""
-        srtt = self.rtt.srtt
-        if not self.config.pacing or srtt is None or srtt <= 0:
-            return None
-        gain = 2.0 if self.cc.in_slow_start() else 1.25
-        return gain * max(self.cc.cwnd, self.effective_mss) / srtt
-
-    def _paced_out(self, now: float, n: int) -> None:
-        rate = self._pacing_rate()
-        if rate is not None:
-            self._pace_next = max(self._pace_next, now) + n / rate
-
-    def _pacing_allows(self, now: float) -> bool:
-        """The pacing clock may run a burst (PACING_QUANTUM, PACING_BURST) ahead of now."""
-        rate = self._pacing_rate()
-        if rate is None:
-            return True
-        wake = self._pace_next - max(PACING_BURST * self.effective_mss / rate, PACING_QUANTUM)
-        if now >= wake:
-            return True
-        self._pace_blocked = True
-        self._pace_wake = wake
-        return False
-
-    def _sent_bytes(self, n: int, now: float) -> None:
-        if self._prr is not None and self.in_recovery:
-            self._prr.on_sent(n)
-        self._paced_out(now, n)
-
     def _output_data(self, out: list[Segment], now: float) -> None:
         force = self._force_send
         self._force_send = False
-        self._pace_blocked = False
+        rec = self.recovery
+        rec.output_started()
         # 1. retransmissions of segments deemed lost (RFC 6675 5 (NextSeg rule 1) / RFC 6298).
-        sb = self.scoreboard
-        while True:
-            seg = sb.next_lost()
-            if seg is None or (self._send_budget() <= 0 and sb.pipe > 0):
-                break
-            if not self._pacing_allows(now) and sb.pipe > 0:
-                break
+        while (seg := rec.next_retransmission(now)) is not None:
             self._retransmit(seg, out, now)
         # 2. new data within the peer's window and the congestion window.
         sent_before = len(out)
         self._output_new_data(out, now, force)
         # 3. RFC 8985 7.3: a due tail loss probe: new data if the window allows, else the
         # highest segment sent again.
-        if self._tlp_due:
-            self._tlp_due = False
-            if len(out) == sent_before and self.state in SYNCHRONIZED:
-                self._output_new_data(out, now, True, probe=True)
-                last = sb.last()
-                if len(out) == sent_before and last is not None:
-                    self._retransmit(last, out, now)
-                    self._tlp_retrans = True
-                if len(out) > sent_before:
-                    self.stats.tlp_probes += 1
-                    self._tlp_end = self._snd_nxt
-        self._arm_tlp(now)
-        # RFC 7661: cwnd grows only while it is the limit. As in Linux (tcp_is_cwnd_limited,
-        # max_packets_seq), it is the limit when what is in flight reaches it (half of it in
-        # slow start), and stays so until that round is acknowledged, so ACKs that fall in
-        # a pacing gap still count. Waiting for the pacing clock alone does not make a
-        # sender cwnd-limited: cwnd, and the pacing rate with it, would grow without bound.
-        cwnd, pipe = self.cc.cwnd, sb.pipe
-        if pipe + self.effective_mss > cwnd or (self.cc.in_slow_start() and 2 * pipe >= cwnd):
-            self._cwnd_limited_seq = self._snd_nxt
+        if rec.take_probe() and len(out) == sent_before and self.state in SYNCHRONIZED:
+            self._output_new_data(out, now, True, probe=True)
+            last = self.scoreboard.last()
+            resent: int | None = None
+            if len(out) == sent_before and last is not None:
+                resent = last.start
+                self._retransmit(last, out, now)
+            if len(out) > sent_before:
+                rec.on_probe_sent(self._snd_nxt, retransmission=resent)
+        rec.after_output(
+            now,
+            snd_nxt=self._snd_nxt,
+            probe_allowed=(
+                self.sack_ok
+                and self.config.tail_loss_probe
+                and self.state in SYNCHRONIZED
+                and self._rto_retries == 0
+            ),
+            rto_deadline=self._rto_deadline,
+        )
 
     def _retransmit(self, seg: SentSegment, out: list[Segment], now: float) -> None:
         out.append(self._data_segment(seg.start, seg.end, seg.fin, now))
-        self.scoreboard.on_retransmit(seg, now)
-        n = seg.end - seg.start
-        self.stats.retransmits += 1
-        self.stats.bytes_retransmitted += n
-        if self._undo is not None:
-            self._undo_retrans += 1
-        self._sent_bytes(n, now)
+        self.recovery.on_retransmit(seg, now)
         if self._rto_deadline is None:
             self._rto_deadline = now + self.rtt.current_rto()
-
-    def _arm_tlp(self, now: float) -> None:
-        """RFC 8985 7.2: arm the PTO with SACK, data in flight, no recovery, no probe out."""
-        sb = self.scoreboard
-        if not (
-            self.sack_ok
-            and self.config.tail_loss_probe
-            and self.state in SYNCHRONIZED
-            and sb.pipe > 0
-            and not self.in_recovery
-            and self._tlp_end is None
-            and self._rto_retries == 0
-        ):
-            self._tlp_deadline = None
-            return
-        if self._tlp_deadline is not None:
-            return
-        one = len(sb) == 1
-        deadline = now + probe_timeout(self.rtt.srtt, one, self.rtt.current_rto())
-        if self._rto_deadline is not None:
-            deadline = min(deadline, self._rto_deadline)  # RFC 8985 7.2: no later than RTO
-        self._tlp_deadline = deadline
 
     def _output_new_data(
         self, out: list[Segment], now: float, force: bool, probe: bool = False
     ) -> None:
         sb = self.scoreboard
         mss = self.effective_mss
-        if self.state not in (
-            State.ESTABLISHED,
-            State.CLOSE_WAIT,
-            State.FIN_WAIT_1,
-            State.LAST_ACK,
-            State.CLOSING,
-        ):
+        if self.state not in CAN_OUTPUT_DATA:
             return
         while True:
             nxt = max(self._snd_nxt, 1)
@@ -1525,8 +1335,8 @@ class Connection:
             fin_to_send = self._fin_pending() and nxt == data_end
             if queued <= 0 and not fin_to_send:
                 return
-            cwnd_room = mss if probe else max(self._send_budget(), 0)
-            if not probe and not self._pacing_allows(now) and sb.pipe > 0:
+            cwnd_room = mss if probe else max(self.recovery.send_budget(), 0)
+            if not probe and not self.recovery.pacing_allows(now) and sb.pipe > 0:
                 cwnd_room = 0
             usable = min(wnd_edge - nxt, cwnd_room)
             n = max(0, min(queued, usable, mss))
@@ -1535,25 +1345,28 @@ class Connection:
                     # RFC 9293 3.8.6.1: zero window probe <SEQ=SND.UNA-1> draws an ACK.
                     out.append(self._segment(ACK, (self.snd_una - 1) & MASK, b"", now))
                 return
-            force = False
+            # RFC 9293 3.8.6.1: the FIN occupies sequence space and waits for the peer's
+            # window like data (a receiver rejects SEG.LEN 1 with RCV.WND 0); Linux's send
+            # window test counts it too.
             fin = (
                 self._fin_pending()
                 and nxt + n == data_end
+                and nxt + n < wnd_edge
                 and (n > 0 or cwnd_room > 0 or not sb.pipe)
             )
             if n == 0 and not fin:
+                if force and not probe and fin_to_send and nxt >= wnd_edge:
+                    # A persist timeout with only the FIN left: probe the window.
+                    out.append(self._segment(ACK, (self.snd_una - 1) & MASK, b"", now))
                 return
+            force = False
             end = nxt + n + (1 if fin else 0)
             out.append(self._data_segment(nxt, end, fin, now))
             self._snd_nxt = end
             if fin:
                 self._fin_offset = end - 1
-            sent = SentSegment(nxt, end, now, fin)
-            sent.delivered = self.stats.bytes_acked
-            sb.add(sent)
+            self.recovery.on_new_data_sent(nxt, end, fin, now)
             self.stats.bytes_sent += n
-            self._sent_bytes(end - nxt, now)
-            self.cc.on_sent(now=now, sent=end - nxt, in_flight=sb.pipe, snd_nxt=end)
             if probe:
                 return
             if self._rto_deadline is None:
@@ -1576,9 +1389,7 @@ class Connection:
         return nagle_ok and n >= self.max_snd_wnd * SWS_FRACTION
 
     def _fin_pending(self) -> bool:
-        # CLOSING too: the peer's FIN may arrive while ours still waits behind queued data.
-        sending_fin = (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK)
-        return self._fin_queued and self._fin_offset is None and self.state in sending_fin
+        return self._fin_queued and self._fin_offset is None and self.state in SENDING_FIN
 
     def _data_segment(self, start: int, end: int, fin: bool, now: float) -> Segment:
         data_stop = end - 1 if fin else end
@@ -1618,6 +1429,7 @@ class Connection:
 
     def _ack_sent(self) -> None:
         self._ack_now = False
+        self._ack_split = False
         self._delack_deadline = None
         self._unacked_full_segments = 0
         self._last_ack_sent = self.rcvbuf.nxt + (1 if self._fin_received else 0)
@@ -1639,9 +1451,19 @@ class Connection:
             shift += 1
         return shift
 
+    def _ooo_memory_limit(self) -> int:
+        """What out-of-order data may cost (payload plus per-block overhead): the receive
+        buffer filled with full-sized segments. Smaller segments reach it with less
+        payload, and the highest blocks are then dropped (RFC 2018 8)."""
+        cap = self._rcv_wnd_capacity
+        return cap + (cap // self.effective_mss + 1) * BLOCK_OVERHEAD
+
     def _window_space(self) -> int:
-        """Receive-buffer space beyond RCV.NXT."""
-        return max(0, self._rcv_wnd_capacity - len(self.rcvbuf))
+        """Receive-buffer space beyond RCV.NXT, no more than the window field can carry
+        (RFC 7323 2.2: 65535 << Rcv.Wind.Shift), so the acceptance edge never passes what
+        was advertised."""
+        space = max(0, self._rcv_wnd_capacity - len(self.rcvbuf))
+        return min(space, 65535 << self.rcv_wscale)
 
     def _window_update_worthwhile(self) -> bool:
         # RFC 9293 3.8.6.2.2: move the right edge only by min(buffer/2, MSS) or more.
@@ -1683,13 +1505,12 @@ class Connection:
     def _stop_sending_timers(self) -> None:
         """Nothing of ours is left to (re)send or probe: TIME-WAIT, or the TCB is gone."""
         self._rto_deadline = None
-        self._rack_deadline = None
-        self._tlp_deadline = None
-        self._pace_blocked = False
+        self.recovery.stop_timers()
         self._persist_deadline = None
         self._keepalive_deadline = None
         self._finwait2_deadline = None
         self._unacked_since = None
+        self._probes_since = None
 
     def _enter_time_wait(self, now: float) -> None:
         self._set_state(State.TIME_WAIT)
@@ -1729,6 +1550,9 @@ class Connection:
         old = self.state
         if old is new:
             return
+        if (old, new) not in TRANSITIONS:
+            # RFC 9293 3.3.2 figure 5 has no such edge: a bug here, not the peer's doing.
+            raise UtcpInternalError(f"illegal state change {old} -> {new}")
         self.state = new
         self._events.append(StateChanged(old, new))
         if log.isEnabledFor(logging.DEBUG):
@@ -1740,9 +1564,21 @@ class Connection:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%d>%d drop: %s", self.local_port, self.remote_port, reason)
 
+    def _notify(self, event: DataReceived | SendSpaceAvailable) -> None:
+        """Queue a level event at most once until the application takes it: the queue is
+        bounded by the connection's state, not by the peer's traffic (a connection nobody
+        accepts yet would otherwise pile up one event per segment)."""
+        if type(event) not in self._pending_levels:
+            self._pending_levels.add(type(event))
+            self._events.append(event)
+
     def next_event(self) -> Event | None:
         """The next event for the application, or None."""
-        return self._events.popleft() if self._events else None
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        self._pending_levels.discard(type(event))
+        return event
 
     # ------------------------------------------------------------------ helpers
 

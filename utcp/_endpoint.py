@@ -44,10 +44,11 @@ import trio
 
 from ._config import Config
 from ._connection import Connection
-from ._host import Address, Host
+from ._host import Host
 from ._pcap import PcapWriter
 from ._state import State
 from ._transport import RECV_BATCH, DatagramTransport, UdpTransport
+from ._wire import Address
 
 if TYPE_CHECKING:
     from ._stream import UtcpStream

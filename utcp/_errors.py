@@ -17,6 +17,10 @@ class UtcpStateError(UtcpError, RuntimeError):
     """A local call that the connection's state does not allow (e.g. send after shutdown)."""
 
 
+class UtcpInternalError(UtcpError, AssertionError):
+    """utcp broke one of its own invariants (e.g. a state change RFC 9293 does not have)."""
+
+
 class ConnectionTimedOut(TimeoutError):
     """The connection was given up: connect timeout, retransmission limit, user timeout or
     unanswered keepalives. ``reason`` names which."""

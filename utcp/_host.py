@@ -27,6 +27,7 @@ a RST to the peer where it has state), is logged once with its traceback and cou
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import logging
@@ -39,13 +40,12 @@ from ._connection import Connection, reset_for
 from ._errors import KernelError
 from ._seq import seq_gt
 from ._state import SYNCHRONIZED, State
-from ._wire import ACK, RST, SYN, DecodeError, Segment, decode_untrusted, encode
+from ._wire import ACK, RST, SYN, Address, DecodeError, Segment, decode_untrusted, encode
 
 ErrorFactory = Callable[[], Exception]
 
 log = logging.getLogger("utcp.host")
 
-Address = tuple[str, int]
 ConnKey = tuple[Address, int, int]
 IssFunction = Callable[[bytes, float], int]
 
@@ -133,7 +133,7 @@ class Host:
         """Accept connections to TCP ``port`` (default: our UDP port). Returns the port."""
         port = self.address[1] if port is None else port
         if port in self.listeners:
-            raise OSError(98, f"TCP port {port} is already listening")
+            raise OSError(errno.EADDRINUSE, f"TCP port {port} is already listening")
         self.listeners[port] = _Listener(max(1, backlog), config or self.config)
         return port
 
@@ -169,7 +169,7 @@ class Host:
         lport = self._pick_local_port(remote, rport) if local_port is None else local_port
         key = (remote, rport, lport)
         if key in self.connections:
-            raise OSError(98, f"connection {key} already exists")
+            raise OSError(errno.EADDRINUSE, f"connection {key} already exists")
         conn = self._new_connection(config or self.config, remote, rport, lport, now)
         conn.connect(now)
         self.connections[key] = conn
@@ -203,7 +203,7 @@ class Host:
             self._next_ephemeral = port + 1 if port < EPHEMERAL_LAST else EPHEMERAL_FIRST
             if (remote, rport, port) not in self.connections and port not in self.listeners:
                 return port
-        raise OSError(99, "no free local TCP port")
+        raise OSError(errno.EADDRNOTAVAIL, "no free local TCP port")
 
     def _new_connection(
         self, config: Config, remote: Address, rport: int, lport: int, now: float
@@ -298,6 +298,11 @@ class Host:
                 self._fail(conn, exc, now)
             return
         lst = self.listeners.get(seg.dst_port)
+        if lst is not None and not seg.flags & (SYN | ACK | RST):
+            # RFC 9293 3.10.7.2 fourth: LISTEN drops a segment with neither SYN nor ACK
+            # (nor RST) without an answer.
+            self._count_drop("no SYN in LISTEN")
+            return
         if lst is not None and seg.flags & SYN and not seg.flags & (ACK | RST):
             if len(lst.pending) + len(lst.accept_queue) >= lst.backlog:
                 self.stats.syns_dropped_backlog += 1

@@ -17,7 +17,7 @@ import os
 import struct
 from typing import BinaryIO
 
-from ._wire import HEADER_LEN, internet_checksum
+from ._wire import HEADER_LEN, Address, internet_checksum
 
 LINKTYPE_RAW = 101  # tcpdump.org link-layer header types: raw IPv4 or IPv6, by version
 
@@ -33,7 +33,8 @@ _IPV4_DF = 0x4000  # RFC 791 3.1: don't fragment; utcp never relies on fragmenta
 _TTL = 64
 _TCP_CHECKSUM_AT = 16  # RFC 9293 3.1: offset of the checksum field in the TCP header
 
-Address = tuple[str, int] | tuple[str, int, int, int]
+# A socket address as Python gives it: (host, port), or for IPv6 (host, port, flow, scope).
+SockAddress = Address | tuple[str, int, int, int]
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -76,8 +77,8 @@ class PcapWriter:
     def write(
         self,
         timestamp: float,
-        src: Address,
-        dst: Address,
+        src: SockAddress,
+        dst: SockAddress,
         segment_bytes: bytes | memoryview,
     ) -> None:
         """Record one datagram sent from the outer UDP address ``src`` to ``dst``.

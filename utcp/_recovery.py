@@ -58,6 +58,7 @@ class Scoreboard:
         self.pipe = 0
         self.sacked_bytes = 0
         self.lost_bytes = 0
+        self.lost_total = 0  # bytes ever deemed lost (a segment each time it is)
         self.reordered = 0  # segments deemed lost that arrived without a retransmission
         self.sacked_segments = 0
         self._lost_queue: deque[SentSegment] = deque()
@@ -102,6 +103,7 @@ class Scoreboard:
         if head > 64 and head * 2 > len(segs):
             del segs[:head]
             self._head = 0
+        self._trim_retransmitted()
         return done
 
     def _forget(self, seg: SentSegment, n: int) -> None:
@@ -152,16 +154,33 @@ class Scoreboard:
         seg.lost = True
         self.pipe -= n
         self.lost_bytes += n
+        self.lost_total += n
         self._lost_queue.append(seg)
         return n
 
     def mark_all_lost(self) -> None:
-        """RFC 6675 5.1 / RFC 5681 (RTO): everything not SACKed is to be sent again."""
+        """The retransmission timer expired: everything not cumulatively acknowledged is to
+        be sent again, from SND.UNA on.
+
+        RFC 2018 8: the receiver may have reneged (dropped data it SACKed), and a timeout
+        is the sign that it did, so the SACKed marks are turned off too and SACKed segments
+        are resent like the others (as Linux does). SACK blocks arriving after the timeout
+        mark again what the receiver still holds, so those are not resent twice.
+        """
         self._lost_queue.clear()
         for seg in self._segs[self._head :]:
-            if seg.lost:
+            if seg.sacked:
+                n = seg.end - seg.start
+                seg.sacked = False
+                self.sacked_segments -= 1
+                self.sacked_bytes -= n
+                seg.lost = True
+                self.lost_bytes += n
+                self.lost_total += n
                 self._lost_queue.append(seg)
-            elif not seg.sacked:
+            elif seg.lost:
+                self._lost_queue.append(seg)
+            else:
                 self.mark_lost(seg)
 
     def next_lost(self) -> SentSegment | None:
@@ -180,6 +199,24 @@ class Scoreboard:
         seg.retransmits += 1
         seg.xmit_time = now
         self.retransmitted.append((seg, now))
+        self._trim_retransmitted()
+
+    def _trim_retransmitted(self) -> None:
+        """Keep the log of retransmissions bounded by the segments in flight.
+
+        An entry is dead once its segment is acknowledged or sent again (a newer entry
+        stands for it). RACK skips dead entries as it walks; without SACK nothing walks,
+        so they go here: from the front as ACKs arrive, and all at once when they make up
+        more than half the log (amortised O(1): the log is then at most twice the
+        segments in flight, and at most their number right after).
+        """
+        q = self.retransmitted
+        while q and (q[0][0].acked or q[0][0].xmit_time != q[0][1]):
+            q.popleft()
+        if len(q) > 2 * len(self):
+            live = [(seg, when) for seg, when in q if not seg.acked and seg.xmit_time == when]
+            q.clear()
+            q.extend(live)
 
     def unmark_lost(self) -> None:
         """A spurious timeout (RFC 4015 2): segments marked lost and not yet sent again
@@ -203,7 +240,7 @@ class Scoreboard:
 
 
 class Prr:
-    """Proportional rate reduction (RFC 6937 3): how much may be sent during recovery."""
+    """Proportional rate reduction (RFC 9937 4): how much may be sent during recovery."""
 
     __slots__ = ("delivered", "out", "quota", "recover_fs")
 
@@ -213,18 +250,24 @@ class Prr:
         self.out = 0  # prr_out
         self.quota = 0  # sndcnt left for this ACK
 
-    def on_ack(self, delivered: int, *, pipe: int, ssthresh: int, mss: int) -> None:
-        """RFC 6937 3, "On every ACK during recovery"."""
+    def on_ack(self, delivered: int, *, pipe: int, ssthresh: int, mss: int, safe: bool) -> None:
+        """RFC 9937 4, on every ACK during recovery that delivered data (DeliveredData).
+
+        ``safe``: RFC 9937's safeACK, an ACK that advances SND.UNA and indicates no further
+        loss; only then may the sender go one segment beyond what was delivered (PRR-SSRB).
+        """
         self.delivered += delivered
         if pipe > ssthresh:
             # Proportional part: sndcnt = CEIL(prr_delivered * ssthresh / RecoverFS) - prr_out.
             sndcnt = -(-self.delivered * ssthresh // self.recover_fs) - self.out
         else:
-            # PRR-SSRB: limit = MAX(prr_delivered - prr_out, DeliveredData) + MSS.
-            limit = max(self.delivered - self.out, delivered) + mss
-            sndcnt = min(ssthresh - pipe, limit)
+            # PRR-CRB by default: send what was delivered, catching up on what is owed.
+            sndcnt = max(self.delivered - self.out, delivered)
+            if safe:
+                sndcnt += mss  # PRR-SSRB: recovery is making good progress
+            sndcnt = min(ssthresh - pipe, sndcnt)
         if self.out == 0 and sndcnt <= 0:
-            sndcnt = mss  # RFC 6937 3 note: the fast retransmit itself always goes out
+            sndcnt = mss  # RFC 9937 4: the fast retransmit itself always goes out
         self.quota = max(sndcnt, 0)
 
     def on_sent(self, n: int) -> None:

@@ -18,7 +18,6 @@ class ConnectionStats:
     rto_expiries: int = 0
     lost_segments: int = 0
     sacked_bytes: int = 0
-    dupacks_received: int = 0
     dup_segments_received: int = 0
     ooo_segments_received: int = 0
     window_probes: int = 0
@@ -29,12 +28,9 @@ class ConnectionStats:
     dsacks_sent: int = 0
     dsacks_received: int = 0
     spurious_retransmits: int = 0  # retransmissions a D-SACK proved unnecessary
-    spurious_rtos: int = 0  # timeouts found spurious (RFC 3522 Eifel detection)
     undos: int = 0  # congestion responses undone as spurious
     challenge_acks_sent: int = 0
     resets_sent: int = 0
-    checksum_drops: int = 0
-    malformed_drops: int = 0
     kernel_errors: int = 0  # ICMP errors and failed sends that concerned this connection
     emsgsize_errors: int = 0  # of which: segments too big to send (EMSGSIZE)
     drops: dict[str, int] = field(default_factory=dict)

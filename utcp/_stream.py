@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._state import SYNCHRONIZED, State
+from ._state import CAN_QUEUE, HANDSHAKING, SYNCHRONIZED, State
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -141,12 +141,7 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             return trio.ClosedResourceError("this stream was closed for sending")
         if self.conn.error is not None:
             return broken_error(self.conn)
-        if self.conn.state not in (
-            State.SYN_SENT,
-            State.SYN_RECEIVED,
-            State.ESTABLISHED,
-            State.CLOSE_WAIT,
-        ):
+        if self.conn.state not in CAN_QUEUE:
             return broken_error(self.conn)
         if self.endpoint.closed:
             return trio.BrokenResourceError("the endpoint was closed")
@@ -166,7 +161,7 @@ class UtcpStream(trio.abc.HalfCloseableStream):
     async def _wait_established(self) -> None:
         """Park until the handshake finishes; raise the connection's error if it fails."""
         conn = self.conn
-        while conn.state in (State.SYN_SENT, State.SYN_RECEIVED) and conn.error is None:
+        while conn.state in HANDSHAKING and conn.error is None:
             await self._lot.park()
         if conn.error is not None:
             raise conn.error
@@ -341,7 +336,9 @@ class UtcpStream(trio.abc.HalfCloseableStream):
         elif key == (IPPROTO_TCP, TCP_NOTSENT_LOWAT):
             self.notsent_lowat = _positive(value)
         else:
-            raise OSError(92, f"utcp does not support socket option {level}/{option}")
+            raise OSError(
+                errno.ENOPROTOOPT, f"utcp does not support socket option {level}/{option}"
+            )
         self._drive()
         self._lot.unpark_all()
 
@@ -364,7 +361,9 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             name = conn.cc.name.encode()
             return name.ljust(buffersize, b"\0") if buffersize else name
         if key not in values:
-            raise OSError(92, f"utcp does not support socket option {level}/{option}")
+            raise OSError(
+                errno.ENOPROTOOPT, f"utcp does not support socket option {level}/{option}"
+            )
         return values[key]
 
     def statistics(self) -> Statistics:
@@ -397,8 +396,8 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             peer_window=conn.snd_wnd,
             receive_window=conn.rcv_wnd,
             delivery_rate=conn.delivery_rate,
-            checksum_drops=st.checksum_drops + host.checksum_drops,
-            malformed_drops=st.malformed_drops + host.malformed_drops,
+            checksum_drops=host.checksum_drops,
+            malformed_drops=host.malformed_drops,
             drops=dict(st.drops),
         )
 

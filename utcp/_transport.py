@@ -26,8 +26,8 @@ from typing import Any, Protocol
 import trio
 
 from ._errors import ORIGIN_ICMP, ORIGIN_ICMP6, KernelError
+from ._wire import Address
 
-Address = tuple[str, int]
 log = logging.getLogger("utcp.transport")
 
 # Datagrams drained per wake-up before the core is fed (bounded so timers stay punctual).

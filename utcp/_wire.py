@@ -43,6 +43,8 @@ _TIMESTAMPS = 8  # RFC 7323 3.2
 _FASTOPEN = 34  # RFC 7413 4.1.1
 
 MAX_WSCALE = 14  # RFC 7323 2.3
+# A UDP address (host, port): where a segment travels from or to (WIRE.md "Ports").
+Address = tuple[str, int]
 _MAX_SACK_BLOCKS = 4  # RFC 2018 3: 4 blocks fill 34 of the 40 option bytes
 _MAX_COOKIE_LEN = 16  # RFC 7413 4.1.1 (WIRE.md: option length 2..18)
 

@@ -38,8 +38,9 @@ LOCAL_ISS = 2**32 - 50  # ours: data offset 50 is sequence number 0
 REMOTE_ISS = 2**32 - 100  # the peer's (our IRS)
 
 # Our side: a 256 KiB receive buffer needs window scale 3 (65535 << 2 < 2**18).
-# Pacing and tail loss probes off: these tables pin down every segment and timer RFC 9293
-# and RFC 6298 prescribe; pacing and RACK-TLP have their own tests (test_recovery.py).
+# Pacing, tail loss probes and quick-ACK mode off: these tables pin down every segment and
+# timer RFC 9293 and RFC 6298 prescribe; pacing and RACK-TLP have their own tests
+# (test_recovery.py), quick ACKs theirs (test_review_receiver.py).
 # Kernel TCP's dead-peer settings (keep-alives off, no user timeout, 75 s connect timeout)
 # rather than utcp's defaults: the tables turn each timer on where they test it.
 KERNEL_TIMEOUTS: dict[str, Any] = {
@@ -50,6 +51,7 @@ KERNEL_TIMEOUTS: dict[str, Any] = {
 CONFIG = Config(
     receive_buffer_size=1 << 18,
     delayed_ack=0.125,
+    quick_acks=0,
     msl=2.0,
     fin_wait_2_timeout=8.0,
     pacing=False,

@@ -68,13 +68,6 @@ def test_loss_and_recovery_end() -> None:
     assert cc.ssthresh == 2 * MSS  # floor of 2 SMSS
 
 
-def test_on_congestion_is_an_alias_of_on_loss() -> None:
-    a, b = newreno(), newreno()
-    a.on_loss(now=1.0, in_flight=16 * MSS)
-    b.on_congestion(now=1.0, in_flight=16 * MSS)
-    assert (a.cwnd, a.ssthresh) == (b.cwnd, b.ssthresh) == (8 * MSS, 8 * MSS)
-
-
 def test_rto() -> None:
     cc = newreno()
     cc.cwnd = 30 * MSS

@@ -304,6 +304,15 @@ def start(state: State, config_name: str, ts: bool) -> Run:
     return Run(conn, START.get(state, 1.0))
 
 
+def feed(conn: Connection, wire: bytes, now: float) -> None:
+    """A datagram as the host hands it on: decoded, or dropped when malformed."""
+    try:
+        seg = decode_untrusted(wire)
+    except DecodeError:
+        return
+    conn.receive_segment(seg, now)
+
+
 def step(run: Run, action: str, data: st.DataObject) -> None:
     conn = run.conn
     if action in ("segment", "datagram", "urg"):
@@ -313,22 +322,22 @@ def step(run: Run, action: str, data: st.DataObject) -> None:
             seg.urgent = data.draw(st.integers(0, 0xFFFF), label="urgent")
         wire = encode(seg)
         if action == "datagram":
-            conn.receive_datagrams([wire], run.now)
+            feed(conn, wire, run.now)
         else:
             conn.receive_segment(decode_untrusted(wire), run.now)
     elif action == "mutated":
         seg = data.draw(segments(conn), label="segment")
         wire = data.draw(mutated(encode(seg)), label="mutated")
         run.note_input(wire)
-        conn.receive_datagrams([wire], run.now)
+        feed(conn, wire, run.now)
     elif action == "raw":
         wire = data.draw(st.binary(max_size=80), label="raw")
         run.note_input(wire)
-        conn.receive_datagrams([wire], run.now)
+        feed(conn, wire, run.now)
     elif action == "options":
         wire = data.draw(raw_options(conn), label="options")
         run.note_input(wire)
-        conn.receive_datagrams([wire], run.now)
+        feed(conn, wire, run.now)
     elif action == "timer":
         deadline = conn.next_timer()
         if deadline is not None and data.draw(st.booleans(), label="to deadline"):

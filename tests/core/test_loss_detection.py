@@ -141,7 +141,7 @@ class TestPrr:
         sent_on = []
         pipe = 19 * MSS
         for ack in range(1, 11):
-            prr.on_ack(MSS, pipe=pipe, ssthresh=10 * MSS, mss=MSS)
+            prr.on_ack(MSS, pipe=pipe, ssthresh=10 * MSS, mss=MSS, safe=True)
             if prr.quota > 0:
                 prr.on_sent(MSS)
                 sent_on.append(ack)
@@ -153,23 +153,34 @@ class TestPrr:
         assert prr.out == 5 * MSS and prr.delivered == 10 * MSS
 
     def test_slow_start_reduction_bound_when_pipe_falls_below_ssthresh(self) -> None:
-        # RFC 6937 3, PRR-SSRB: limit = MAX(prr_delivered - prr_out, DeliveredData) + MSS;
+        # RFC 9937 4, on a safe ACK (SND.UNA advances, no further loss), PRR-SSRB:
+        # limit = MAX(prr_delivered - prr_out, DeliveredData) + MSS;
         # sndcnt = MIN(ssthresh - pipe, limit).
         prr = Prr(20 * MSS)
         prr.delivered, prr.out = 10 * MSS, 6 * MSS
         # Many losses: pipe 4 MSS below ssthresh 10; this ACK delivers 2 MSS.
-        prr.on_ack(2 * MSS, pipe=4 * MSS, ssthresh=10 * MSS, mss=MSS)
+        prr.on_ack(2 * MSS, pipe=4 * MSS, ssthresh=10 * MSS, mss=MSS, safe=True)
         # prr_delivered 12: limit = max(12 - 6, 2) + 1 = 7 MSS; ssthresh - pipe = 6 MSS.
         assert prr.quota == 6 * MSS
-        prr.on_ack(1 * MSS, pipe=9 * MSS, ssthresh=10 * MSS, mss=MSS)
+        prr.on_ack(1 * MSS, pipe=9 * MSS, ssthresh=10 * MSS, mss=MSS, safe=True)
         assert prr.quota == 1 * MSS  # ssthresh - pipe
+
+    def test_conservative_reduction_bound_on_other_acks(self) -> None:
+        # RFC 9937 4, PRR-CRB on an ACK that is not safe (SND.UNA does not advance, or
+        # further loss is indicated): limit = MAX(prr_delivered - prr_out, DeliveredData).
+        prr = Prr(20 * MSS)
+        prr.delivered, prr.out = 10 * MSS, 9 * MSS
+        prr.on_ack(2 * MSS, pipe=4 * MSS, ssthresh=10 * MSS, mss=MSS, safe=False)
+        assert prr.quota == 3 * MSS  # max(12 - 9, 2); SSRB would allow 4
+        prr.on_ack(2 * MSS, pipe=4 * MSS, ssthresh=10 * MSS, mss=MSS, safe=True)
+        assert prr.quota == 6 * MSS  # min(10 - 4, max(14 - 9, 2) + 1)
 
     def test_the_fast_retransmit_always_goes_out(self) -> None:
         # Even when the first ACK of recovery yields no quota (RFC 6937 3): here pipe is
         # already at ssthresh, so SSRB gives MIN(ssthresh - pipe, ...) = 0.
         prr = Prr(100 * MSS)
-        prr.on_ack(MSS, pipe=10 * MSS, ssthresh=10 * MSS, mss=MSS)
+        prr.on_ack(MSS, pipe=10 * MSS, ssthresh=10 * MSS, mss=MSS, safe=False)
         assert prr.quota == MSS
         prr.on_sent(MSS)
-        prr.on_ack(MSS, pipe=10 * MSS, ssthresh=10 * MSS, mss=MSS)
+        prr.on_ack(MSS, pipe=10 * MSS, ssthresh=10 * MSS, mss=MSS, safe=False)
         assert prr.quota == 0  # only the first

@@ -28,6 +28,8 @@ CORE = [
     "_congestion/hystart.py",
     "_congestion/ledbat.py",
     "_rack.py",
+    "_loss_recovery.py",
+    "_pacing.py",
 ]
 FORBIDDEN = {
     "trio",

@@ -89,6 +89,27 @@ class CongestionController(abc.ABC):
     def in_slow_start(self) -> bool:
         return self.cwnd < self.ssthresh
 
+    def set_mss(self, mss: int, *, rescale_from: int | None = None) -> None:
+        """The sender's segment size changed (negotiated by the SYNs, or TCP_MAXSEG).
+
+        ``rescale_from``: the MSS the window was sized for until now; cwnd then keeps its
+        size in segments (at least one), as the initial window is defined in segments
+        (RFC 6928 2).
+        """
+        if rescale_from is not None:
+            self.cwnd = max(self.cwnd * mss // max(1, rescale_from), mss)
+        self.mss = mss
+
+    def on_handshake_loss(self) -> None:
+        """The SYN or SYN-ACK was retransmitted more than once: RFC 6928 2 (and RFC 5681
+        3.1) then start with an initial window of one segment."""
+        self.cwnd = min(self.cwnd, self.mss)
+        self._cwnd_frac = 0.0
+
+    def take_over(self, other: CongestionController) -> None:
+        """TCP_CONGESTION: this controller replaces ``other``, keeping its cwnd and ssthresh."""
+        self.cwnd, self.ssthresh = other.cwnd, other.ssthresh
+
     # -- the interface the connection calls ---------------------------------------------
 
     def on_sent(self, *, now: float, sent: int, in_flight: int, snd_nxt: int) -> None:
@@ -144,10 +165,6 @@ class CongestionController(abc.ABC):
         self._in_recovery = True
         self.cwv.on_loss(in_flight=in_flight)
         self._on_loss(now=now, in_flight=in_flight)
-
-    def on_congestion(self, *, now: float, in_flight: int) -> None:
-        """Deprecated alias of ``on_loss``, kept until every caller is switched."""
-        self.on_loss(now=now, in_flight=in_flight)
 
     def on_rto(self, *, now: float, in_flight: int, repeated: bool = False) -> None:
         """The retransmission timer expired; ``in_flight`` as for ``on_loss``.

@@ -86,6 +86,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .._wire import Address
+
 __all__ = [
     "Address",
     "GilbertElliott",
@@ -98,7 +100,6 @@ __all__ = [
     "TraceRecord",
 ]
 
-Address = tuple[str, int]
 """(ip string, udp port)."""
 
 Filter = Callable[[float, Address, Address, bytes], bool]

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from .._config import Config
 from .._connection import Connection
 from .._events import StateChanged
-from .._host import Address, Host
+from .._host import Host
 from .._state import State
+from .._wire import Address
 from ._network import LinkConfig, PcapSink, SimNetwork
 
 CLIENT_ADDR: Address = ("198.18.0.1", 40000)

@@ -36,9 +36,7 @@ from typing import IO
 import trio
 
 from .._pcap import IPPROTO_TCP, IPV4_HEADER, ipv4_header, ipv4_pseudo_header, set_tcp_checksum
-from .._wire import RST, SYN, DecodeError, Segment, decode_untrusted, internet_checksum
-
-Address = tuple[str, int]
+from .._wire import RST, SYN, Address, DecodeError, Segment, decode_untrusted, internet_checksum
 
 # linux/if_tun.h
 TUNSETIFF = 0x400454CA
