@@ -179,6 +179,7 @@ class UtcpStream(trio.abc.HalfCloseableStream):
                     error = self._send_error()
                     if error is not None:
                         raise error
+                    taken = 0
                     if remaining:
                         taken = self.conn.send(remaining[: self._send_room()])
                         remaining = remaining[taken:]
@@ -186,6 +187,12 @@ class UtcpStream(trio.abc.HalfCloseableStream):
                             self._drive()
                     if not remaining:
                         return
+                    if taken and self._send_room() > 0:
+                        # The drive sent what we queued (TCP_NOTSENT_LOWAT keeps the unsent
+                        # queue short): room again without an ACK, so no event would wake
+                        # us. Yield to other tasks, then go on.
+                        await trio.lowlevel.checkpoint()
+                        continue
                     await self._lot.park()
         finally:
             self._send_busy = False
