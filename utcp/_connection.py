@@ -26,7 +26,6 @@ edges, so buffers, the scoreboard and comparisons never deal with wrap-around.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 from collections import deque
 
@@ -44,11 +43,12 @@ from ._events import (
     SendSpaceAvailable,
     StateChanged,
 )
+from ._kernel_errors import ERROR_TEXT, kernel_error
 from ._loss_recovery import LossRecovery
 from ._rack import Rack
 from ._recovery import Scoreboard, SentSegment
 from ._rtt import RttEstimator
-from ._seq import MASK, seq_diff
+from ._seq import MASK, rfc6528_isn, seq_diff
 from ._state import (
     BEFORE_SYN,
     CAN_OUTPUT_DATA,
@@ -73,6 +73,7 @@ from ._wire import (
     SYN,
     Segment,
     encode,
+    reset_for,
 )
 
 log = logging.getLogger("utcp.core")
@@ -90,44 +91,6 @@ SWS_FRACTION = 0.5
 PAWS_IDLE_LIMIT = 24 * 24 * 3600.0
 # RFC 7323 4.1 / 5.4: timestamp clock of 1 ms per tick.
 TS_HZ = 1000
-# RFC 1122 4.2.3.9 makes network and host unreachable soft errors; RFC 5461 4 describes the
-# widely implemented change that fails a connection request on them instead of waiting
-# for the connect timeout (Linux does so at the first one). A connect fails once the same
-# kind of error has kept answering our SYNs for this long (the third SYN, with the default
-# 1 s initial RTO), so one transient routing hiccup does not.
-SYN_SOFT_ERROR_GRACE = 3.0
-# A port unreachable in a synchronized state means that the peer's UDP port has closed:
-# its process is gone (a kernel TCP would have sent a RST). RFC 1122 4.2.3.9 calls it a
-# hard error; we fail the connection once this many have answered our segments, the first
-# and the last at least one RTO apart, with nothing from the peer in between, so that a
-# stray or forged one, or a restart of the peer's socket, does not.
-PORT_UNREACHABLE_COUNT = 3
-_ERROR_TEXT = {
-    errno.ECONNREFUSED: "connection refused (port unreachable)",
-    errno.ENETUNREACH: "network is unreachable",
-    errno.EHOSTUNREACH: "host is unreachable",
-    errno.EHOSTDOWN: "host is down",
-    errno.EACCES: "administratively prohibited",
-    errno.EPERM: "administratively prohibited",
-    errno.EMSGSIZE: "datagram too big for the path (EMSGSIZE)",
-}
-
-
-def rfc6528_isn(key: bytes, conn_id: bytes, now: float) -> int:
-    """RFC 6528 3: ISN = M + F(localip, localport, remoteip, remoteport, secretkey), with M
-    a 4-microsecond timer and F a keyed hash (BLAKE2s) of the connection identity."""
-    f = hashlib.blake2s(conn_id, key=key[:32], digest_size=4).digest()
-    m = int(now * 250_000)
-    return (m + int.from_bytes(f, "big")) & MASK
-
-
-def reset_for(seg: Segment) -> Segment | None:
-    """The RST that answers a segment arriving for no connection (RFC 9293 3.10.7.1)."""
-    if seg.flags & RST:
-        return None  # an incoming RST is discarded, never answered
-    if seg.flags & ACK:
-        return Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0)
-    return Segment(seg.dst_port, seg.src_port, 0, (seg.seq + seg.seg_len) & MASK, RST | ACK, 0)
 
 
 class Connection:
@@ -414,80 +377,7 @@ class Connection:
         nothing, if the error concerns no segment of ours in flight (RFC 5927 4.1). May fail
         the connection (its ``ConnectionFailed`` event says why); creates no output.
         """
-        state = self.state
-        if state in (State.CLOSED, State.LISTEN, State.TIME_WAIT):
-            self._drop("kernel error: nothing in flight")
-            return False
-        if seq is not None:
-            off = self._ack_offset(seq)
-            if state in (State.SYN_SENT, State.SYN_RECEIVED):
-                ok = off == 0  # RFC 5927 4.1: only our SYN (or SYN-ACK), SEQ = ISS
-            else:
-                # RFC 5927 4.1 asks for SND.UNA =< SEG.SEQ < SND.NXT. Like Linux (whose
-                # check includes SND.NXT) we also take SND.NXT, the SEQ of every pure ACK,
-                # and SND.UNA - 1, that of keep-alives and window probes (RFC 9293 3.8.4,
-                # 3.8.6.1): for a receiver those are all it sends.
-                ok = self._snd_una - 1 <= off <= self._snd_nxt
-            if not ok:
-                self._drop("kernel error: sequence number not in flight (RFC 5927)")
-                return False
-        self.stats.kernel_errors += 1
-        if errno_ == errno.EMSGSIZE:
-            # Too big for the path or the socket: the segment was not sent, so the
-            # connection would stall on it. Said once, counted every time, and kept as
-            # the soft error that a timeout will name.
-            if not self.stats.emsgsize_errors:
-                log.warning(
-                    "%d>%d: segments of %d bytes are too big to send (EMSGSIZE); lower "
-                    "Config.mss or the path MTU",
-                    self.local_port,
-                    self.remote_port,
-                    self.effective_mss,
-                )
-            self.stats.emsgsize_errors += 1
-        elif errno_ == errno.ECONNREFUSED:
-            if state is State.SYN_SENT:
-                # RFC 1122 4.2.3.9: port unreachable is a hard error; the connect fails now.
-                self._terminate(now, ConnectionRefusedError(errno_, _ERROR_TEXT[errno_]))
-            elif state is State.SYN_RECEIVED:
-                # The client of a passive open went away: drop the half-open connection
-                # (as Linux drops the request); an active one (simultaneous open) is refused.
-                refused = ConnectionRefusedError(errno_, _ERROR_TEXT[errno_])
-                self._terminate(now, None if self._passive else refused)
-            else:
-                self._port_unreachable(now)
-            return True
-        # Soft errors (RFC 1122 4.2.3.9, RFC 5461 2.2): remembered, like SO_ERROR's soft
-        # error, and named when the connection times out.
-        if self.soft_error != errno_ or self._last_recv_time > self._soft_error_time:
-            self._soft_error_first = now
-        self.soft_error = errno_
-        self._soft_error_time = now
-        if state is State.SYN_SENT and now - self._soft_error_first >= SYN_SOFT_ERROR_GRACE:
-            # RFC 5461 4: the connection request fails with the error after the grace.
-            text = _ERROR_TEXT.get(errno_, f"error {errno.errorcode.get(errno_, errno_)}")
-            self._terminate(now, OSError(errno_, text))
-        return True
-
-    def _port_unreachable(self, now: float) -> None:
-        """A port unreachable in a synchronized state (PORT_UNREACHABLE_COUNT)."""
-        first = self._unreachable_first
-        if first is None or self._last_recv_time > first:
-            first = self._unreachable_first = now
-            self._unreachable_count = 0
-            self._unreachable_span = self.rtt.current_rto()
-        self._unreachable_count += 1
-        if (
-            self._unreachable_count >= PORT_UNREACHABLE_COUNT
-            and now - first >= self._unreachable_span
-        ):
-            self._terminate(
-                now,
-                ConnectionResetError(
-                    errno.ECONNRESET,
-                    "the peer's UDP port is closed (port unreachable): its process is gone",
-                ),
-            )
+        return kernel_error(self, now, errno_, seq)
 
     # ------------------------------------------------------------------ options
 
@@ -1531,7 +1421,7 @@ class Connection:
         ):
             # Like Linux (tcp_write_err), a timeout names the soft error that explains it.
             code = self.soft_error
-            text = _ERROR_TEXT.get(code, f"error {errno.errorcode.get(code, code)}")
+            text = ERROR_TEXT.get(code, f"error {errno.errorcode.get(code, code)}")
             error = ConnectionTimedOut(f"{error.reason}; last network error: {text}")
         if error is not None and self.error is None:
             self.error = error

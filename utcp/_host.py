@@ -36,11 +36,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ._config import Config
-from ._connection import Connection, reset_for
+from ._connection import Connection
 from ._errors import KernelError
 from ._seq import seq_gt
 from ._state import SYNCHRONIZED, State
-from ._wire import ACK, RST, SYN, Address, DecodeError, Segment, decode_untrusted, encode
+from ._wire import ACK, RST, SYN, Address, DecodeError, Segment, decode_untrusted, encode, reset_for
 
 ErrorFactory = Callable[[], Exception]
 

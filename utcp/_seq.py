@@ -7,6 +7,8 @@ connection whose ISN sits near 2**32 behaves exactly like one starting at 0.
 
 from __future__ import annotations
 
+import hashlib
+
 MOD = 1 << 32
 MASK = MOD - 1
 HALF = 1 << 31
@@ -51,3 +53,11 @@ def seq_max(a: int, b: int) -> int:
 
 def seq_min(a: int, b: int) -> int:
     return a if seq_lt(a, b) else b
+
+
+def rfc6528_isn(key: bytes, conn_id: bytes, now: float) -> int:
+    """RFC 6528 3: ISN = M + F(localip, localport, remoteip, remoteport, secretkey), with M
+    a 4-microsecond timer and F a keyed hash (BLAKE2s) of the connection identity."""
+    f = hashlib.blake2s(conn_id, key=key[:32], digest_size=4).digest()
+    m = int(now * 250_000)
+    return (m + int.from_bytes(f, "big")) & MASK

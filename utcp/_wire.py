@@ -361,3 +361,12 @@ def _decode_options(view: memoryview, end: int, seg: Segment) -> None:
 def _expect_length(kind: int, length: int, expected: int) -> None:
     if length != expected:
         raise DecodeError("option", f"kind {kind} has length {length}, expected {expected}")
+
+
+def reset_for(seg: Segment) -> Segment | None:
+    """The RST that answers a segment arriving for no connection (RFC 9293 3.10.7.1)."""
+    if seg.flags & RST:
+        return None  # an incoming RST is discarded, never answered
+    if seg.flags & ACK:
+        return Segment(seg.dst_port, seg.src_port, seg.ack, 0, RST, 0)
+    return Segment(seg.dst_port, seg.src_port, 0, (seg.seq + seg.seg_len) & _MASK32, RST | ACK, 0)

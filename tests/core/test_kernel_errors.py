@@ -13,10 +13,11 @@ import logging
 import pytest
 
 from utcp._config import Config
-from utcp._connection import PORT_UNREACHABLE_COUNT, SYN_SOFT_ERROR_GRACE, Connection
+from utcp._connection import Connection
 from utcp._errors import ORIGIN_ICMP, ORIGIN_LOCAL, ConnectionTimedOut, KernelError
 from utcp._events import ConnectionFailed
 from utcp._host import Host
+from utcp._kernel_errors import PORT_UNREACHABLE_COUNT, SYN_SOFT_ERROR_GRACE
 from utcp._state import State
 from utcp._wire import ACK, Segment, decode_untrusted, encode
 

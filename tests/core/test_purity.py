@@ -30,6 +30,7 @@ CORE = [
     "_rack.py",
     "_loss_recovery.py",
     "_pacing.py",
+    "_kernel_errors.py",
 ]
 FORBIDDEN = {
     "trio",

@@ -31,8 +31,8 @@ import trio.testing
 
 import utcp
 from utcp import Config
-from utcp._connection import SYN_SOFT_ERROR_GRACE
 from utcp._errors import ORIGIN_ICMP, KernelError
+from utcp._kernel_errors import SYN_SOFT_ERROR_GRACE
 from utcp._transport import IP_RECVERR, UdpTransport, _parse_queued_error
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
