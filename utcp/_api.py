@@ -228,12 +228,8 @@ async def open_tcp_stream(
         happy_eyeballs_delay = 0.25
     cfg = config or (endpoint.config if endpoint else _default_config)
     targets = await _resolve(host, port, endpoint)
-    winner: UtcpStream | None = None
-    errors: list[OSError] = []
-    bugs: list[Exception] = []
 
-    async def attempt(family: int, addr: tuple[str, int], failed: trio.Event) -> None:
-        nonlocal winner
+    async def attempt(family: int, addr: tuple[str, int]) -> UtcpStream:
         own: Endpoint | None = None
         try:
             ep = endpoint
@@ -244,20 +240,44 @@ async def open_tcp_stream(
                     config=cfg,
                     auto_close=True,
                 )
-            stream = await connect_on(ep, addr, config=cfg)
+            return await connect_on(ep, addr, config=cfg)
+        finally:
+            if own is not None:
+                own.release()
+
+    winner, errors = await race_attempts(targets, attempt, happy_eyeballs_delay)
+    if winner is not None:
+        return winner
+    raise _combine(errors, host, port)
+
+
+async def race_attempts(
+    targets: list[tuple[int, tuple[str, int]]],
+    attempt: Callable[[int, tuple[str, int]], Awaitable[UtcpStream]],
+    delay: float,
+) -> tuple[UtcpStream | None, list[OSError]]:
+    """Happy Eyeballs (RFC 8305 5): start ``attempt(family, address)`` for each target in
+    turn, the next one ``delay`` seconds later or as soon as the previous one failed; the
+    first connection made wins and the others are cancelled (or closed, if they connected
+    too). Returns the winner, or None and every attempt's OSError. Any other exception (a
+    bug, a bad argument) is raised as itself after the attempts end, never wrapped in an
+    ExceptionGroup, like the OSErrors."""
+    winner: UtcpStream | None = None
+    errors: list[OSError] = []
+    bugs: list[Exception] = []
+
+    async def run(family: int, address: tuple[str, int], failed: trio.Event) -> None:
+        nonlocal winner
+        try:
+            stream = await attempt(family, address)
         except OSError as exc:
             errors.append(exc)
             failed.set()
             return
         except Exception as exc:
-            # Not a connection failure (a bug, a bad argument): raised as itself after the
-            # nursery, never wrapped in an ExceptionGroup, like the OSErrors.
             bugs.append(exc)
             failed.set()
             return
-        finally:
-            if own is not None:
-                own.release()
         if winner is None:
             winner = stream
             nursery.cancel_scope.cancel()
@@ -265,16 +285,14 @@ async def open_tcp_stream(
             await stream.aclose()
 
     async with trio.open_nursery() as nursery:
-        for family, addr in targets:
+        for family, address in targets:
             failed = trio.Event()
-            nursery.start_soon(attempt, family, addr, failed)
-            with trio.move_on_after(happy_eyeballs_delay):
+            nursery.start_soon(run, family, address, failed)
+            with trio.move_on_after(delay):
                 await failed.wait()
-    if winner is not None:
-        return winner
-    if bugs:
+    if winner is None and bugs:
         raise bugs[0]
-    raise _combine(errors, host, port)
+    return winner, errors
 
 
 async def _resolve(

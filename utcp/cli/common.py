@@ -41,6 +41,7 @@ from typing import Any, TextIO
 import trio
 
 import utcp
+from utcp._api import race_attempts
 
 log = logging.getLogger("utcp.cli")
 
@@ -71,6 +72,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 SEND_ERROR_CHECK = 1.0
 LINGER_TIMEOUT = 5.0
 MAX_FINISHED = 1000
+HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305 5: the recommended Connection Attempt Delay
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number
 
 
@@ -322,36 +324,16 @@ class Session:
 
         Raises :class:`CliError` (refused, timed out, unknown host, network error)."""
         targets = await resolve(host, port=port)
-        winner: utcp.UtcpStream | None = None
-        errors: list[OSError] = []
 
-        async def attempt(family: int, address: tuple[str, int], failed: trio.Event) -> None:
-            nonlocal winner
+        async def attempt(family: int, address: tuple[str, int]) -> utcp.UtcpStream:
             try:
                 endpoint = await self._client_endpoint(family)
             except CliError as exc:  # e.g. no IPv6 here: the other family may still work
-                errors.append(OSError(exc.message))
-                failed.set()
-                return
+                raise OSError(exc.message) from None
             config = self.configs[family == socket.AF_INET6].replace(**config_changes)
-            try:
-                stream = await utcp.connect_on(endpoint, address, config=config)
-            except OSError as exc:
-                errors.append(exc)
-                failed.set()
-                return
-            if winner is None:
-                winner = stream
-                nursery.cancel_scope.cancel()
-            else:
-                await stream.aclose()
+            return await utcp.connect_on(endpoint, address, config=config)
 
-        async with trio.open_nursery() as nursery:
-            for family, address in targets:
-                failed = trio.Event()
-                nursery.start_soon(attempt, family, address, failed)
-                with trio.move_on_after(0.25):
-                    await failed.wait()
+        winner, errors = await race_attempts(targets, attempt, HAPPY_EYEBALLS_DELAY)
         if winner is None:
             raise connect_error(errors, f"{format_address((host, port))}")
         return winner
