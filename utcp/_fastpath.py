@@ -7,16 +7,19 @@ Van Jacobson's header prediction (RFC 1323's appendix "header prediction", Linux
 and takes a short path for them:
 
 - a pure ACK (the sender's side of a bulk transfer): no data, in sequence, acknowledging
-  new data, the peer's window unchanged;
+  new data;
 - in-order data (the receiver's side): exactly at RCV.NXT, inside the window, acknowledging
-  nothing new, the peer's window unchanged.
+  nothing new (or, in ESTABLISHED, new data: the request of a request-response exchange
+  acknowledges the last reply).
 
 Both are taken only for a segment with no flag but ACK (and PSH), no SACK blocks and a
-timestamp that passes PAWS when timestamps are in use (RFC 7323 5.3); data in ESTABLISHED
-and the FIN-WAIT states (a client that sent its request and its FIN still receives), pure
-ACKs in ESTABLISHED and CLOSE-WAIT. Everything else (out-of-order data, SACK, window
-changes, SYN, FIN, RST, URG, a duplicate ACK, a failing timestamp, data while a duplicate
-ACK is being split off) takes the full path in ``Connection``.
+timestamp that passes PAWS when timestamps are in use (RFC 7323 5.3). Unlike Linux's, the
+prediction holds when the peer's window changes (in request-response traffic it changes
+with every request): the full path's window update runs on it. Data is predicted in
+ESTABLISHED and the FIN-WAIT states (a client that sent its request and its FIN still
+receives), pure ACKs in ESTABLISHED and CLOSE-WAIT. Everything else (out-of-order data,
+SACK, SYN, FIN, RST, URG, a duplicate ACK, a failing timestamp, data while an owed ACK is
+being split off) takes the full path in ``Connection``.
 
 The short path makes exactly the state changes the full path makes for such a segment, by
 calling the same helpers in the same order and skipping only tests whose outcome the
@@ -60,41 +63,48 @@ def receive_fast(conn: Connection, seg: Segment, now: float) -> bool:
     ts = seg.timestamps
     if conn.ts_ok and (ts is None or seq_diff(ts[0], conn.ts_recent) < 0):
         return False  # RFC 7323 5.3: no timestamp, or PAWS would reject it
-    # RFC 9293 3.10.7.4 fifth: the peer's window as we know it (no update to consider).
-    if seg.window << conn.snd_wscale != conn.snd_wnd:
-        return False
     una = conn._snd_una
     ack_off = una + seq_diff(seg.ack, (conn.iss + una) & MASK)
     if payload:
-        # In-order data acknowledging nothing new, wholly inside the window, no hole, no
-        # FIN of the peer waiting above it (RFC 9293 3.10.7.4 eighth), and the
-        # application still reading (RFC 1122 4.2.2.13).
+        # In-order data wholly inside the window, no hole, no FIN of the peer waiting above
+        # it (RFC 9293 3.10.7.4 eighth), the application still reading (RFC 1122
+        # 4.2.2.13); acknowledging nothing new, or (in ESTABLISHED, where no FIN of ours
+        # can be acknowledged) new data: a request that acknowledges the last reply.
         size = len(payload)
         if (
-            ack_off != una
-            or rb.nxt + size > conn._rcv_adv
+            rb.nxt + size > conn._rcv_adv
             or rb.has_gap
             or rb.fin_offset is not None
             or conn.orphaned
         ):
             return False
-        conn._ack_accepted(seg, now)
-        # RFC 9293 3.10.7.4 fifth: SEG.ACK = SND.UNA, nothing acknowledged: the recovery
-        # still sees the ACK (RACK and the probe logic run on every one). The echoed
-        # timestamp only matters to an ACK of new data; with no SACK blocks nothing is
-        # newly SACKed, so the persist backoff stays. Our FIN, if sent, is not acked by it.
-        conn.recovery.on_ack(
-            now,
-            old_una=una,
-            snd_una=una,
-            snd_nxt=conn._snd_nxt,
-            sack_ok=conn.sack_ok,
-            sack_blocks=[],
-            dupack=False,  # RFC 5681 2: it carries data
-            tsecr=None,
-            ts_rtt=None,
-        )
-        _note_window_source(conn, rb.nxt, ack_off)
+        if ack_off == una:
+            conn._ack_accepted(seg, now)
+            # RFC 9293 3.10.7.4 fifth: nothing acknowledged; the recovery still sees the
+            # ACK (RACK and the probe logic run on every one). The echoed timestamp only
+            # matters to an ACK of new data; with no SACK blocks nothing is newly SACKed,
+            # so the persist backoff stays. Our FIN, if sent, is not acked by it.
+            conn.recovery.on_ack(
+                now,
+                old_una=una,
+                snd_una=una,
+                snd_nxt=conn._snd_nxt,
+                sack_ok=conn.sack_ok,
+                sack_blocks=[],
+                dupack=False,  # RFC 5681 2: it carries data
+                tsecr=None,
+                ts_rtt=None,
+            )
+            # RFC 9293 3.10.7.4 fifth: the window update, as _process_ack ends.
+            window_before = conn.snd_wnd
+            conn._update_window(seg)
+            if conn.snd_wnd > window_before:
+                conn._persist_backoff = 0
+        elif conn.state is State.ESTABLISHED and una < ack_off <= conn._snd_nxt:
+            conn._ack_accepted(seg, now)
+            conn._process_ack(seg, ack_off, now)
+        else:
+            return False
         # RFC 9293 3.10.7.4 seventh: the text goes to the receive buffer.
         conn._note_data_arrival(now)
         moved = rb.insert(rb.nxt, payload, conn._rcv_adv)
@@ -110,11 +120,3 @@ def receive_fast(conn: Connection, seg: Segment, now: float) -> bool:
     conn._ack_accepted(seg, now)
     conn._process_ack(seg, ack_off, now)
     return True
-
-
-def _note_window_source(conn: Connection, seq_off: int, ack_off: int) -> None:
-    """RFC 9293 3.10.7.4 fifth: SND.WL1/SND.WL2 follow the newest segment; the window
-    itself is unchanged (a condition of the short path)."""
-    if conn._snd_wl1 < seq_off or (conn._snd_wl1 == seq_off and conn._snd_wl2 <= ack_off):
-        conn._snd_wl1 = seq_off
-        conn._snd_wl2 = ack_off

@@ -94,6 +94,33 @@ def test_same_segments_on_the_wire_with_and_without_the_fast_path(
         assert a == b, f"seed {seed} link {name}: datagram {i} differs"
 
 
+def run_echo(seed: int, enabled: bool) -> list[tuple[Any, ...]]:
+    """40 request-response exchanges (each request acknowledges the last reply) over a
+    lossy link; returns the datagrams on the wire."""
+    _fastpath.ENABLED = enabled
+    try:
+        pair = HostPair(seed=seed, link=LinkConfig(delay=0.01, loss=0.02), trace=True)
+        client, server = pair.connect()
+        client.nodelay = server.nodelay = True
+        for i in range(40):
+            request = random_payload(seed * 1000 + i, 64 + i)
+            size = len(request)
+            client.send(request)
+            pair.net.run(lambda n=size: server.readable >= n, timeout=60.0)
+            assert server.receive(1 << 20) == request
+            server.send(request[::-1])
+            pair.net.run(lambda n=size: client.readable >= n, timeout=60.0)
+            assert client.receive(1 << 20) == request[::-1]
+    finally:
+        _fastpath.ENABLED = True
+    return [(r.time, r.src, r.dst, r.data) for r in pair.net.trace_records if r.fate == "sent"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_same_segments_on_the_wire_for_request_response(seed: int) -> None:
+    assert run_echo(seed, True) == run_echo(seed, False)
+
+
 # ---------------------------------------------------------------------------- tables
 
 NOW = T_EST + 1.0
@@ -104,6 +131,15 @@ def sending(config: Config = CONFIG, *, ts: bool = False) -> Connection:
     conn = established(config, ts=ts)
     conn.send(b"s" * 3 * conn.effective_mss)
     assert len(conn.segments_to_send(T_EST)) == 3
+    drain(conn)
+    return conn
+
+
+def closing_sender() -> Connection:
+    """``sending`` after shutdown(): FIN-WAIT-1 with our FIN queued behind the data."""
+    conn = sending()
+    conn.shutdown(T_EST)
+    conn.segments_to_send(T_EST)
     drain(conn)
     return conn
 
@@ -141,10 +177,16 @@ DECLINED: dict[str, tuple[Callable[[], Connection], Case]] = {
         sending,
         lambda c: in_order_data(c, payload=b"x" * (c.rcv_wnd + 1)),
     ),
-    "data with a new ACK": (sending, lambda c: in_order_data(c, ack=pure_ack(c).ack)),
-    "data with a window change": (sending, lambda c: in_order_data(c, window=PEER_WINDOW - 1)),
+    "data with an ACK of unsent data": (sending, lambda c: in_order_data(c, ack=acking(c, 4))),
+    "data with a new ACK in FIN-WAIT-1": (
+        closing_sender,
+        lambda c: in_order_data(c, ack=acking(c, 1)),
+    ),
     "SACK blocks": (sending, lambda c: pure_ack(c, sack_blocks=(sacked(c),))),
-    "window change": (sending, lambda c: pure_ack(c, window=PEER_WINDOW - 1)),
+    "duplicate ACK with a window change": (
+        sending,
+        lambda c: pure_ack(c, ack=acking(c, 0), window=PEER_WINDOW - 1),
+    ),
     "duplicate ACK": (sending, lambda c: pure_ack(c, ack=peer(ACK, 1, 1).ack)),
     "ACK of unsent data": (sending, lambda c: pure_ack(c, ack=acking(c, 4))),
     "ACK with no data in flight": (established, lambda c: pure_ack(c)),
@@ -202,6 +244,14 @@ TAKEN: dict[str, tuple[bool, Case]] = {
     "pure ACK of new data": (False, lambda c: pure_ack(c)),
     "pure ACK of new data, timestamps": (True, lambda c: pure_ack(c)),
     "pure ACK of everything": (False, lambda c: pure_ack(c, ack=acking(c, 3))),
+    "data with a new ACK": (False, lambda c: in_order_data(c, ack=acking(c, 1))),
+    "data with a smaller window": (False, lambda c: in_order_data(c, window=PEER_WINDOW - 1)),
+    "data with a new ACK, smaller window": (
+        False,
+        lambda c: in_order_data(c, ack=acking(c, 2), window=PEER_WINDOW - 7),
+    ),
+    "pure ACK with a smaller window": (False, lambda c: pure_ack(c, window=PEER_WINDOW - 100)),
+    "data with a new ACK, timestamps": (True, lambda c: in_order_data(c, ack=acking(c, 3))),
 }
 
 
