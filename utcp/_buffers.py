@@ -190,7 +190,9 @@ class ReceiveBuffer:
         return len(self.ready)
 
     def read(self, max_bytes: int) -> bytes:
-        chunk = bytes(self.ready[:max_bytes])
+        # One copy out (a bytearray slice would copy twice: into a bytearray, then bytes).
+        with memoryview(self.ready) as view:
+            chunk = bytes(view[:max_bytes])
         del self.ready[:max_bytes]
         return chunk
 

@@ -29,7 +29,7 @@ import errno
 import logging
 from collections import deque
 
-from . import _congestion
+from . import _congestion, _fastpath
 from ._buffers import BLOCK_OVERHEAD, ReceiveBuffer, SendBuffer
 from ._config import DEFAULT_PEER_MSS, Config
 from ._errors import ConnectionTimedOut, UtcpInternalError, UtcpStateError
@@ -91,6 +91,7 @@ SWS_FRACTION = 0.5
 PAWS_IDLE_LIMIT = 24 * 24 * 3600.0
 # RFC 7323 4.1 / 5.4: timestamp clock of 1 ms per tick.
 TS_HZ = 1000
+STRETCH_ACK_LIMIT = 65536  # most bytes one ACK covers in a batch (as Linux's 64 KiB GRO)
 
 
 class Connection:
@@ -424,12 +425,12 @@ class Connection:
         self.stats.segments_received += 1
         state = self.state
         if self._ack_split and state in SYNCHRONIZED and (seg.payload or seg.flags & FIN):
-            # RFC 5681 4.2 / RFC 9293 3.8.6.3: an ACK owed at once (every second full-sized
-            # segment, out-of-order data, quick-ACK mode) leaves before the next segment of
-            # the same batch moves RCV.NXT, with the cumulative ACK of its moment, rather
-            # than one ACK for the whole batch.
+            # RFC 5681 4.2: an ACK owed at once (out-of-order data, a stretch reaching
+            # STRETCH_ACK_LIMIT) leaves before more data of the batch is processed.
             self._out.append(self._segment(ACK, self.snd_nxt, b"", now))
             self._ack_sent()
+        if _fastpath.ENABLED and _fastpath.receive_fast(self, seg, now):
+            return  # RFC 9293 3.10.7.4 header prediction: the common case, same outcome
         if state is State.CLOSED:
             self._closed_input(seg)
         elif state is State.LISTEN:
@@ -891,8 +892,10 @@ class Connection:
         if quick:
             self._quick_acks -= 1
         if quick or sparse or self._unacked_full_segments >= 2 or self.config.delayed_ack == 0:
+            # RFC 5681 4.2 / RFC 9293 3.8.6.3: the ACK owed for every second full-sized segment
+            # leaves after its batch, or before data past STRETCH_ACK_LIMIT is processed.
             self._ack_now = True
-            self._ack_split = True
+            self._ack_split = self.rcvbuf.nxt - self._last_ack_sent >= STRETCH_ACK_LIMIT
         elif self._delack_deadline is None:
             self._delack_deadline = now + self.config.delayed_ack
 

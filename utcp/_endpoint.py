@@ -235,8 +235,11 @@ class Endpoint:
                 self._flush(now)  # wakes the tasks of the connections they failed
         finally:
             self._driving = False
-        if self._wait_scope is not None:
-            self._wait_scope.deadline = self._deadline()
+        scope = self._wait_scope
+        if scope is not None:
+            deadline = self._deadline()
+            if deadline != scope.deadline:  # trio re-registers a deadline on every assignment
+                scope.deadline = deadline
         self._maybe_finish()
 
     def _kernel_errors(self, now: float) -> None:

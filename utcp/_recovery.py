@@ -2,13 +2,14 @@
 
 It works on stream offsets only and never sees payload. Every operation an ACK triggers is
 amortised O(1) or O(log n) in the number of segments in flight: segments leave from the
-front on cumulative ACKs, SACK blocks only touch the segments they newly cover, and loss
+front on cumulative ACKs, SACK blocks only touch the segments they newly cover (the runs
+SACKed before are skipped, tests/core/test_ack_cost.py counts the work), and loss
 detection (RACK, ``_rack``) walks them forward only.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterator
 
@@ -52,6 +53,21 @@ class Scoreboard:
     lost (a retransmitted segment counts again until it is SACKed or acknowledged).
     """
 
+    __slots__ = (
+        "_head",
+        "_lost_queue",
+        "_sacked_runs",
+        "_segs",
+        "lost_bytes",
+        "lost_total",
+        "newly_sacked",
+        "pipe",
+        "reordered",
+        "retransmitted",
+        "sacked_bytes",
+        "sacked_segments",
+    )
+
     def __init__(self) -> None:
         self._segs: list[SentSegment] = []
         self._head = 0
@@ -65,6 +81,9 @@ class Scoreboard:
         # Retransmissions in the order they were sent (RACK walks them by send time).
         self.retransmitted: deque[tuple[SentSegment, float]] = deque()
         self.newly_sacked: list[SentSegment] = []  # filled by apply_sack, drained by RACK
+        # The SACKed segments as disjoint runs of offsets, [start0, end0, start1, end1, ...]
+        # in order, each run starting and ending on segment boundaries.
+        self._sacked_runs: list[int] = []
 
     def __len__(self) -> int:
         return len(self._segs) - self._head
@@ -100,6 +119,14 @@ class Scoreboard:
             self._forget(seg, upto - seg.start)
             seg.start = upto
         self._head = head
+        runs = self._sacked_runs
+        if runs and runs[0] < upto:
+            k = bisect_right(runs, upto)
+            if k & 1:
+                del runs[: k - 1]
+                runs[0] = upto  # the run's first segment was trimmed to SND.UNA
+            else:
+                del runs[:k]
         if head > 64 and head * 2 > len(segs):
             del segs[:head]
             self._head = 0
@@ -123,7 +150,50 @@ class Scoreboard:
                 self.sacked_segments -= 1
 
     def apply_sack(self, start: int, end: int) -> int:
-        """Mark segments wholly inside [start, end) SACKed; return bytes newly SACKed."""
+        """Mark segments wholly inside [start, end) SACKed; return bytes newly SACKed.
+
+        Only the parts of the block outside the runs SACKed before are walked (a block
+        grows by a segment or two per ACK), so an ACK costs O(log n) plus what it newly
+        covers, not the length of its blocks.
+        """
+        runs = self._sacked_runs
+        newly = 0
+        pos = start
+        k = bisect_right(runs, start)
+        if k & 1:  # start lies inside a run: go on from its end
+            pos = runs[k]
+            k += 1
+        while pos < end:
+            gap_end = min(runs[k], end) if k < len(runs) else end
+            newly += self._sack_segments(pos, gap_end)
+            if gap_end >= end:
+                break
+            pos = runs[k + 1]
+            k += 2
+        self._add_run(start, end)
+        return newly
+
+    def _add_run(self, start: int, end: int) -> None:
+        """Record the segments wholly inside [start, end) as one SACKed run (merged with the
+        runs it overlaps or touches)."""
+        segs = self._segs
+        i = self._index(start)
+        j = bisect_right(segs, end, i, key=lambda s: s.end)
+        if i >= j:
+            return
+        lo, hi = segs[i].start, segs[j - 1].end
+        runs = self._sacked_runs
+        p = bisect_left(runs, lo)
+        q = bisect_right(runs, hi)
+        if p & 1:
+            p -= 1
+            lo = runs[p]
+        if q & 1:
+            hi = runs[q]
+            q += 1
+        runs[p:q] = [lo, hi]
+
+    def _sack_segments(self, start: int, end: int) -> int:
         segs = self._segs
         i = self._index(start)
         newly = 0
@@ -168,6 +238,7 @@ class Scoreboard:
         mark again what the receiver still holds, so those are not resent twice.
         """
         self._lost_queue.clear()
+        self._sacked_runs.clear()
         for seg in self._segs[self._head :]:
             if seg.sacked:
                 n = seg.end - seg.start

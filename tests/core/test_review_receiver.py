@@ -38,7 +38,7 @@ from _factories import (
 )
 
 from utcp._buffers import BLOCK_OVERHEAD, _SortedStarts
-from utcp._connection import Connection
+from utcp._connection import STRETCH_ACK_LIMIT, Connection
 from utcp._events import DataReceived, SendSpaceAvailable
 from utcp._host import Host
 from utcp._state import State
@@ -291,20 +291,35 @@ class TestQuickAck:
 
 
 class TestStretchAcks:
-    def test_an_ack_for_every_second_full_sized_segment_of_a_batch(self) -> None:
+    def test_one_ack_per_batch_covering_every_full_sized_segment(self) -> None:
         # RFC 5681 4.2 / RFC 9293 3.8.6.3 (RFC 1122 4.2.3.2): an ACK for at least every
-        # second full-sized segment, also when one receive batch holds several; each ACK
-        # carries the cumulative ACK of its moment.
+        # second full-sized segment. A batch the host feeds at once is acknowledged once,
+        # after the whole batch, with the cumulative ACK of its end (as Linux does for a
+        # GRO batch): fewer ACKs, and none of the batch's segments waits for the timer.
         conn = established()
         nxt = 1
         end = feed_data(conn, nxt, [MSS] * 5, 2.0)
         out = conn.segments_to_send(2.0)
-        assert [s.ack for s in out] == [R(nxt + 2 * MSS), R(nxt + 4 * MSS)]
-        assert all(s.flags == ACK and not s.payload for s in out)
-        # The fifth waits for the delayed-ACK timer.
+        assert [(s.flags, s.ack, bytes(s.payload)) for s in out] == [(ACK, R(end), b"")]
+        assert conn.next_timer() is None
+        # A batch of one full-sized segment (in a dense flow) waits for the delayed-ACK timer.
+        end2 = feed_data(conn, end, [MSS], 2.0)
+        assert conn.segments_to_send(2.0) == []
         assert conn.next_timer() == 2.0 + CONFIG.delayed_ack
         conn.handle_timer(2.0 + CONFIG.delayed_ack)
-        assert [s.ack for s in conn.segments_to_send(2.0 + CONFIG.delayed_ack)] == [R(end)]
+        assert [s.ack for s in conn.segments_to_send(2.0 + CONFIG.delayed_ack)] == [R(end2)]
+        drain(conn)
+
+    def test_a_long_batch_draws_an_ack_per_stretch_limit(self) -> None:
+        # One ACK per batch, but no ACK covers much more than STRETCH_ACK_LIMIT bytes: a
+        # batch of 120 full-sized segments (168,000 bytes) draws one ACK as each 64 KiB is
+        # reached (before the next segment) and one at the end of the batch.
+        conn = established()
+        nxt = 1
+        end = feed_data(conn, nxt, [MSS] * 120, 2.0)
+        acks = [s.ack for s in conn.segments_to_send(2.0)]
+        per_ack = -(-STRETCH_ACK_LIMIT // MSS) * MSS  # the limit, in whole segments
+        assert acks == [R(nxt + per_ack), R(nxt + 2 * per_ack), R(end)]
         drain(conn)
 
     def test_data_and_fin_of_one_segment_share_one_ack(self) -> None:

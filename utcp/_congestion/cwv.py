@@ -45,6 +45,18 @@ PSP_RTTS = 3
 class WindowValidation:
     """pipeACK measurement and the validated / non-validated phase of one connection."""
 
+    __slots__ = (
+        "_round_end",
+        "_round_una",
+        "_samples",
+        "active",
+        "in_recovery",
+        "loss_flight_size",
+        "pipe_ack",
+        "validated",
+        "validated_at",
+    )
+
     def __init__(self) -> None:
         self.active = False  # an ACK with sequence offsets has been seen
         self.pipe_ack: int | None = None  # bytes; None is RFC 7661's "undefined"

@@ -34,6 +34,16 @@ def rtt_thresh(last_round_min_rtt: float) -> float:
 class HyStart:
     """The HyStart++ state of one slow start; the controller owns cwnd and ssthresh."""
 
+    __slots__ = (
+        "css_baseline_min_rtt",
+        "css_rounds",
+        "current_round_min_rtt",
+        "last_round_min_rtt",
+        "limit",
+        "rtt_sample_count",
+        "window_end",
+    )
+
     def __init__(self, *, limit: int | None = NON_PACED_L) -> None:
         self.limit = limit  # L in segments; None is RFC 9406's infinity (paced senders)
         self.window_end: int | None = None
