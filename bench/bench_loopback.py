@@ -149,6 +149,12 @@ def cpu_now() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def sys_now() -> float:
+    """System (kernel) CPU seconds of this process so far: the part of ``cpu_now`` spent
+    in system calls, which batching at the kernel boundary changes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def transport_stats(endpoints: list[utcp.Endpoint]) -> Json | None:
     """The kernel-boundary counters of utcp endpoints, summed (None if there are none)."""
     records = [s for ep in endpoints if (s := ep.statistics().transport) is not None]
@@ -292,7 +298,8 @@ async def server_main(args: argparse.Namespace) -> None:
                     while b"\n" in pending:
                         line, pending = pending.split(b"\n", 1)
                         if line.strip() == b"cpu":
-                            emit({"cpu_s": cpu_now(), "transport": transport_stats(endpoints)})
+                            report = {"cpu_s": cpu_now(), "sys_s": sys_now()}
+                            emit({**report, "transport": transport_stats(endpoints)})
 
             async def watch_signals() -> None:
                 async for _ in signals:
@@ -347,7 +354,7 @@ async def stream_bulk(connect: Connect, nbytes: int) -> Json:
     stream = await connect()
     async with stream:
         wall0 = time.time()
-        cpu0, t0 = cpu_now(), time.perf_counter()
+        cpu0, sys0, t0 = cpu_now(), sys_now(), time.perf_counter()
         await stream.send_all(b"B")
         remaining = nbytes
         while remaining:
@@ -357,7 +364,7 @@ async def stream_bulk(connect: Connect, nbytes: int) -> Json:
         await stream.send_eof()
         (received,) = struct.unpack("!Q", await receive_exactly(stream, 8))
         seconds = time.perf_counter() - t0
-        cpu = cpu_now() - cpu0
+        cpu, cpu_sys = cpu_now() - cpu0, sys_now() - sys0
         stats = stream_stats(stream)
         kernel = transport_stats([stream.endpoint]) if isinstance(stream, utcp.UtcpStream) else None
     if received != nbytes:
@@ -367,6 +374,7 @@ async def stream_bulk(connect: Connect, nbytes: int) -> Json:
         "seconds": seconds,
         "MB_s": received / seconds / MB,
         "client_cpu_s": cpu,
+        "client_sys_s": cpu_sys,
         "utcp_stats": stats,
         "client_transport": kernel,
         "t_start": wall0,
@@ -641,6 +649,8 @@ def run_client(
         record = {"error": f"client exited {done.returncode}: {done.stderr.strip()[-2000:]}"}
     if before is not None and after is not None:
         record["server_cpu_s"] = round(after["cpu_s"] - before["cpu_s"], 4)
+        if "sys_s" in after and "sys_s" in before:
+            record["server_sys_s"] = round(after["sys_s"] - before["sys_s"], 4)
         record["server_transport"] = after.get("transport")
     return record
 
