@@ -35,7 +35,8 @@ from utcp._transport import (
     split_coalesced,
 )
 from utcp._wire import Address, decode_untrusted
-from utcp.testing import HostPair, LinkConfig
+from utcp.testing import HostPair, LinkConfig, TrioNetwork
+from utcp.testing._trio_net import SimTransport
 
 LINUX = sys.platform.startswith("linux")
 A: Address = ("198.18.0.1", 1000)
@@ -438,3 +439,50 @@ async def test_writes_fill_segments_of_a_large_mss_despite_notsent_lowat() -> No
     assert mss > 60_000
     # 16 full segments and the rest; 16 KiB segments would take 62 or more.
     assert sent < 2 * len(data) // mss + 6
+
+
+class ThrottledSimTransport(SimTransport):
+    """A simulated socket whose buffer takes at most three datagrams per call: a flush
+    stops part-way, as on a full socket buffer, and the endpoint must go on in order."""
+
+    def send_batch(self, datagrams: Sequence[tuple[bytes, Address]]) -> int:
+        taken = datagrams[:3]
+        for data, address in taken:
+            self.send(data, address)
+        return len(taken)
+
+
+async def test_a_flush_cut_short_by_the_socket_goes_on_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = TrioNetwork(seed=5, link=LinkConfig(delay=0.005))
+    endpoints = []
+    for addr in (A, B):
+        transport = ThrottledSimTransport(net, addr)
+        net.net.attach(addr, transport)
+        endpoints.append(Endpoint(transport, config=Config(nodelay=True)))
+    client_ep, server_ep = endpoints
+    data = random.Random(6).randbytes(500_000)
+    try:
+        listener = await utcp.listen_on(server_ep)
+        received = bytearray()
+
+        async def serve() -> None:
+            stream = await listener.accept()
+            while chunk := await stream.receive_some():
+                received.extend(chunk)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve)
+                stream = await utcp.connect_on(client_ep, B)
+                await stream.send_all(data)
+                await stream.aclose()
+        assert client_ep.statistics().send_blocked > 0
+        assert client_ep.statistics().transport is None  # a simulated socket keeps none
+    finally:
+        await client_ep.aclose()
+        await server_ep.aclose()
+        net.close()
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+    assert stream.statistics().retransmits == 0  # nothing lost or reordered on the way
