@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import resource
 import signal
 import socket
 import statistics
@@ -55,6 +56,8 @@ import utcp
 HOST = "127.0.0.1"  # the benchmark never talks to anything but the loopback interface
 SYSTEMS = ("utcp", "kernel", "udp")
 TESTS = ("bulk", "echo")
+# Client-only tests the multi-core bench (bench_targets.py) runs against several servers.
+EXTRA_TESTS = ("handshake",)
 CHUNK = 65536  # application write/read size of the stream systems
 UDP_DATAGRAM = 1400  # bytes per datagram of the raw UDP bulk test (1 type byte + payload)
 ECHO_SIZE = 64
@@ -140,6 +143,31 @@ def emit(record: Json) -> None:
     print(json.dumps(record), flush=True)
 
 
+def cpu_now() -> float:
+    """User + system CPU seconds of this process so far (``resource.getrusage``)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def sys_now() -> float:
+    """System (kernel) CPU seconds of this process so far: the part of ``cpu_now`` spent
+    in system calls, which batching at the kernel boundary changes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
+def transport_stats(endpoints: list[utcp.Endpoint]) -> Json | None:
+    """The kernel-boundary counters of utcp endpoints, summed (None if there are none)."""
+    records = [s for ep in endpoints if (s := ep.statistics().transport) is not None]
+    if not records:
+        return None
+    total: Json = {"gso": all(r.gso for r in records), "gro": all(r.gro for r in records)}
+    counters = "send_calls datagrams_sent gso_sends recv_calls datagrams_received gro_buffers"
+    for name in counters.split():
+        total[name] = sum(getattr(r, name) for r in records)
+    total["rcvbuf"], total["sndbuf"] = records[0].rcvbuf, records[0].sndbuf  # as granted
+    return total
+
+
 # ================================================================= servers
 
 
@@ -220,6 +248,7 @@ async def serve_udp(sock: trio.socket.SocketType) -> None:
 async def server_main(args: argparse.Namespace) -> None:
     """Bind, print ``{"port": N}`` on stdout, serve until SIGTERM/SIGINT, stdin EOF (the
     parent went away) or ``SERVER_MAX_LIFETIME``."""
+    endpoints: list[utcp.Endpoint] = []
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             if args.system == "udp":
@@ -242,19 +271,35 @@ async def server_main(args: argparse.Namespace) -> None:
                     await serve_stream(stream)
 
                 serve = functools.partial(
-                    utcp.serve_tcp, serve_utcp, args.port, host=HOST, config=utcp_config(args)
+                    utcp.serve_tcp,
+                    serve_utcp,
+                    args.port,
+                    host=HOST,
+                    config=utcp_config(args),
+                    reuse_port=args.reuse_port,
                 )
                 listeners = await nursery.start(serve)
                 port = listeners[0].getsockname()[1]
+                endpoints.extend(lst.endpoint for lst in listeners)
             emit({"port": port, "pid": os.getpid()})
 
             async def watch_stdin() -> None:
+                # Each "cpu" line asks for this process's CPU time so far (getrusage) and
+                # its endpoints' transport counters; EOF means the parent went away.
                 fd = sys.stdin.fileno()
+                pending = b""
                 while True:
                     await trio.lowlevel.wait_readable(fd)
-                    if not os.read(fd, 4096):
+                    data = os.read(fd, 4096)
+                    if not data:
                         nursery.cancel_scope.cancel()
                         return
+                    pending += data
+                    while b"\n" in pending:
+                        line, pending = pending.split(b"\n", 1)
+                        if line.strip() == b"cpu":
+                            report = {"cpu_s": cpu_now(), "sys_s": sys_now()}
+                            emit({**report, "transport": transport_stats(endpoints)})
 
             async def watch_signals() -> None:
                 async for _ in signals:
@@ -308,7 +353,8 @@ async def stream_bulk(connect: Connect, nbytes: int) -> Json:
     payload = memoryview(bytes(CHUNK))
     stream = await connect()
     async with stream:
-        cpu0, t0 = time.process_time(), time.perf_counter()
+        wall0 = time.time()
+        cpu0, sys0, t0 = cpu_now(), sys_now(), time.perf_counter()
         await stream.send_all(b"B")
         remaining = nbytes
         while remaining:
@@ -318,8 +364,9 @@ async def stream_bulk(connect: Connect, nbytes: int) -> Json:
         await stream.send_eof()
         (received,) = struct.unpack("!Q", await receive_exactly(stream, 8))
         seconds = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
+        cpu, cpu_sys = cpu_now() - cpu0, sys_now() - sys0
         stats = stream_stats(stream)
+        kernel = transport_stats([stream.endpoint]) if isinstance(stream, utcp.UtcpStream) else None
     if received != nbytes:
         raise RuntimeError(f"server counted {received} bytes, sent {nbytes}")
     return {
@@ -327,7 +374,27 @@ async def stream_bulk(connect: Connect, nbytes: int) -> Json:
         "seconds": seconds,
         "MB_s": received / seconds / MB,
         "client_cpu_s": cpu,
+        "client_sys_s": cpu_sys,
         "utcp_stats": stats,
+        "client_transport": kernel,
+        "t_start": wall0,
+        "t_end": wall0 + seconds,
+    }
+
+
+async def handshakes(connect: Connect, count: int) -> Json:
+    """``count`` connections opened and closed one after the other (a handshake each)."""
+    wall0, t0 = time.time(), time.perf_counter()
+    for _ in range(count):
+        stream = await connect()
+        await stream.aclose()
+    seconds = time.perf_counter() - t0
+    return {
+        "handshakes": count,
+        "seconds": seconds,
+        "per_s": count / seconds,
+        "t_start": wall0,
+        "t_end": wall0 + seconds,
     }
 
 
@@ -354,7 +421,7 @@ async def stream_echo(connect: Connect, count: int, warmup: int) -> Json:
     rtts: list[int] = []
     async with stream:
         await stream.send_all(b"E")
-        cpu0 = time.process_time()
+        cpu0 = cpu_now()
         for i in range(warmup + count):
             msg = i.to_bytes(8, "big") * (ECHO_SIZE // 8)
             t0 = time.perf_counter_ns()
@@ -365,7 +432,7 @@ async def stream_echo(connect: Connect, count: int, warmup: int) -> Json:
                 raise RuntimeError(f"echo #{i} came back different")
             if i >= warmup:
                 rtts.append(t1 - t0)
-        cpu = time.process_time() - cpu0
+        cpu = cpu_now() - cpu0
         stats = stream_stats(stream)
         await stream.send_eof()
         await stream.receive_some(1)
@@ -400,11 +467,11 @@ async def udp_bulk(port: int, nbytes: int) -> Json:
         await udp_request(sock, addr, bytes([UDP_START]), UDP_STARTED)
         datagram = bytes([UDP_DATA]) + bytes(UDP_DATAGRAM - 1)
         count = math.ceil(nbytes / (UDP_DATAGRAM - 1))
-        cpu0, t0 = time.process_time(), time.perf_counter()
+        cpu0, t0 = cpu_now(), time.perf_counter()
         for _ in range(count):
             await sock.sendto(datagram, addr)
         send_seconds = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
+        cpu = cpu_now() - cpu0
         await trio.sleep(0.05)  # let the receiver drain before asking for its count
         report = json.loads((await udp_request(sock, addr, bytes([UDP_FINISH]), UDP_REPORT))[1:])
     received, seconds = report["bytes"], report["seconds"]
@@ -432,7 +499,7 @@ async def udp_echo(port: int, count: int, warmup: int) -> Json:
     lost = 0
     with sock:
         await sock.bind((HOST, 0))
-        cpu0 = time.process_time()
+        cpu0 = cpu_now()
         for i in range(warmup + count):
             msg = bytes([UDP_PING]) + i.to_bytes(8, "big") * 7 + bytes(ECHO_SIZE - 57)
             t0 = time.perf_counter_ns()
@@ -445,7 +512,7 @@ async def udp_echo(port: int, count: int, warmup: int) -> Json:
                 lost += 1
             elif i >= warmup:
                 rtts.append(t1 - t0)
-        cpu = time.process_time() - cpu0
+        cpu = cpu_now() - cpu0
     if not rtts:
         raise TimeoutError("every UDP ping was lost")
     record = latency_record(rtts, warmup, lost)
@@ -472,6 +539,8 @@ async def client_main(args: argparse.Namespace) -> Json:
             return await udp_echo(args.port, args.echo_count, warmup)
         if args.test == "bulk":
             return await stream_bulk(connect, args.bulk_bytes)
+        if args.test == "handshake":
+            return await handshakes(connect, args.handshakes)
         return await stream_echo(connect, args.echo_count, warmup)
 
 
@@ -522,6 +591,28 @@ class Server:
             raise RuntimeError(f"{system} server (pid {self.pid}) did not report its port")
         self.port = int(json.loads(line[0])["port"])
 
+    def query(self) -> Json | None:
+        """The server's own report (``cpu_s`` from getrusage, transport counters), or None
+        if it does not answer within 10 s (a utcp or kernel server answers; see
+        ``server_main``). Falls back to /proc for the CPU time."""
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None
+        line: list[str] = []
+        try:
+            stdin.write("cpu\n")
+            stdin.flush()
+        except OSError:
+            return None
+        reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(10.0)
+        try:
+            report: Json = json.loads(line[0])
+        except (IndexError, json.JSONDecodeError):
+            cpu = cpu_seconds(self.pid)
+            return None if cpu is None else {"cpu_s": cpu, "transport": None}
+        return report
+
     def stop(self) -> None:
         proc = self.proc
         if proc.poll() is None:
@@ -543,21 +634,24 @@ def run_client(
     cmd += ["--port", str(server.port), "--test", test, "--timeout", str(timeout), *common]
     if profile:
         cmd += ["--profile", profile]
-    server_cpu0 = cpu_seconds(server.pid)
+    before = server.query()
     try:
         done = subprocess.run(
             cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout + 30
         )
     except subprocess.TimeoutExpired:
         return {"error": f"client process killed after {timeout + 30} s"}
-    server_cpu1 = cpu_seconds(server.pid)
+    after = server.query()
     lines = done.stdout.strip().splitlines()
     try:
         record: Json = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
         record = {"error": f"client exited {done.returncode}: {done.stderr.strip()[-2000:]}"}
-    if server_cpu0 is not None and server_cpu1 is not None:
-        record["server_cpu_s"] = round(server_cpu1 - server_cpu0, 3)
+    if before is not None and after is not None:
+        record["server_cpu_s"] = round(after["cpu_s"] - before["cpu_s"], 4)
+        if "sys_s" in after and "sys_s" in before:
+            record["server_sys_s"] = round(after["sys_s"] - before["sys_s"], 4)
+        record["server_transport"] = after.get("transport")
     return record
 
 
@@ -742,10 +836,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--role", choices=("bench", "server", "client"), default="bench", help=argparse.SUPPRESS
     )
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
-    parser.add_argument("--test", choices=TESTS, help=argparse.SUPPRESS)
+    parser.add_argument("--test", choices=TESTS + EXTRA_TESTS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--bulk-bytes", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile", help=argparse.SUPPRESS)
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--handshakes", type=int, default=100, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.bulk_mb, args.echo_count, args.rounds = 5.0, 200, 1

@@ -43,8 +43,10 @@ class Config:
     """Tunables of one utcp connection. All times are in seconds.
 
     Attributes:
-        mss: largest payload we accept and send; None derives it from the address family
-            (1452 for IPv4, 1432 for IPv6, WIRE.md "Sizes").
+        mss: largest payload we accept and send; None derives it from the MTU of the route
+            toward the peer where the endpoint can read it (1452 on a 1500-byte path, 65487
+            on IPv4 loopback), else from the address family (1452 for IPv4, 1432 for IPv6;
+            WIRE.md "Sizes").
         send_buffer_size: bytes the application may queue beyond what the peer acknowledged.
         receive_buffer_size: bytes buffered for the application, in order or not; this bounds
             the advertised window.

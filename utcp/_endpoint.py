@@ -31,12 +31,13 @@ How an endpoint fails, and what each failure takes down:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import secrets
 import time
-from collections import deque
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -44,16 +45,27 @@ import trio
 
 from ._config import Config
 from ._connection import Connection
-from ._host import Host
+from ._host import Host, HostStats
 from ._pcap import PcapWriter
 from ._state import State
-from ._transport import RECV_BATCH, DatagramTransport, UdpTransport
+from ._transport import RECV_BATCH, DatagramTransport, TransportStats, UdpTransport
 from ._wire import Address
 
 if TYPE_CHECKING:
     from ._stream import UtcpStream
 
 log = logging.getLogger("utcp.endpoint")
+
+
+@dataclass(frozen=True)
+class EndpointStatistics:
+    """Counters of one endpoint: its host (demultiplexing, drops, resets), its transport
+    at the kernel boundary (UDP GSO/GRO in use, calls saved, socket buffers granted; None
+    for a transport that keeps none) and how often a full socket buffer held a flush."""
+
+    host: HostStats
+    transport: TransportStats | None
+    send_blocked: int
 
 
 class Endpoint:
@@ -84,6 +96,8 @@ class Endpoint:
         self.host = Host(
             self.config, address=self.local_address, isn_key=isn_key or secrets.token_bytes(16)
         )
+        # WIRE.md "Sizes": connections announce the MSS of the route toward their peer.
+        self.host.path_mss = transport.path_mss
         self.pcap = pcap
         # pcap records carry wall-clock time: trio's clock plus this offset, taken once
         # at open so that the records keep trio's monotonic spacing.
@@ -95,7 +109,7 @@ class Endpoint:
         self._users = 1 if auto_close else 0
         self._accept_lots: dict[int, trio.lowlevel.ParkingLot] = {}
         self._wait_scope: trio.CancelScope | None = None
-        self._unsent: deque[tuple[bytes, Address]] = deque()
+        self._unsent: list[tuple[bytes, Address]] = []
         self._done = trio.Event()
         self._driving = False
         self.send_blocked = 0
@@ -119,6 +133,15 @@ class Endpoint:
     def getsockname(self) -> Address:
         """The endpoint's UDP address (as bound: the port is the real one)."""
         return self.local_address
+
+    def statistics(self) -> EndpointStatistics:
+        """A snapshot of the endpoint's counters (``EndpointStatistics``)."""
+        stats = getattr(self.transport, "stats", None)
+        return EndpointStatistics(
+            host=dataclasses.replace(self.host.stats, drops=dict(self.host.stats.drops)),
+            transport=dataclasses.replace(stats) if isinstance(stats, TransportStats) else None,
+            send_blocked=self.send_blocked,
+        )
 
     async def __aenter__(self) -> Endpoint:
         return self
@@ -214,7 +237,7 @@ class Endpoint:
             self.host.receive_datagrams(batch, now)
         self._kernel_errors(now)
         self.drive(now)
-        return len(batch) == RECV_BATCH
+        return len(batch) >= RECV_BATCH
 
     def drive(self, now: float | None = None, *, conn: Connection | None = None) -> None:
         """Fire due timers, flush output, wake waiting tasks, re-arm the timer. After an
@@ -255,18 +278,21 @@ class Endpoint:
     def _flush(self, now: float) -> None:
         """Send what the touched connections have to send, then wake their tasks."""
         out = self._unsent
-        out.extend(self.host.datagrams_to_send(now))
+        out += self.host.datagrams_to_send(now)
         self._dispatch()
-        send = self.transport.send
+        if not out:
+            return
+        # In order, in as few calls as the transport can (runs to one peer: UDP GSO).
+        sent = self.transport.send_batch(out)
         pcap = self.pcap
-        while out:
-            data, addr = out[0]
-            if not send(data, addr):
-                self.send_blocked += 1
-                return  # the I/O task waits for writability, then flushes again
-            out.popleft()
-            if pcap is not None:
+        if pcap is not None:
+            for data, addr in out[:sent]:
                 pcap.write(now + self._pcap_clock, self.local_address, addr, data)
+        if sent < len(out):
+            self.send_blocked += 1
+            del out[:sent]  # the I/O task waits for writability, then flushes again
+        else:
+            out.clear()
 
     def _dispatch(self) -> None:
         """Wake the tasks of the connections the last flush looked at, and the accept lots

@@ -118,6 +118,10 @@ class Host:
         # The timer heap: see the module docstring.
         self._timers: list[tuple[float, int, Connection]] = []
         self._deadline: dict[Connection, float] = {}
+        # WIRE.md "Sizes": the MSS the route toward a peer allows (the endpoint's transport
+        # answers; None: the family default), and the configs derived with it.
+        self.path_mss: Callable[[Address], int | None] | None = None
+        self._mss_configs: dict[tuple[Config, int], Config] = {}
         self._entry: dict[Connection, tuple[float, int]] = {}
         self._tiebreak = itertools.count()
         self.woken: list[Connection] = []
@@ -209,6 +213,8 @@ class Host:
         self, config: Config, remote: Address, rport: int, lport: int, now: float
     ) -> Connection:
         conn_id = f"{self.address[0]}|{lport}|{remote[0]}|{remote[1]}|{rport}".encode()
+        if config.mss is None and self.path_mss is not None:
+            config = self._with_path_mss(config, remote)
         iss = self._iss_function(conn_id, now) if self._iss_function else None
         conn = Connection(
             config,
@@ -221,6 +227,21 @@ class Host:
         )
         conn.remote_address = remote
         return conn
+
+    def _with_path_mss(self, config: Config, remote: Address) -> Config:
+        """``config`` announcing the MSS of the route toward ``remote``, as kernel TCP
+        derives it from the outgoing interface's MTU (RFC 9293 3.7.1, RFC 1122 4.2.2.6)."""
+        assert self.path_mss is not None
+        mss = self.path_mss(remote)
+        if mss is None:
+            return config
+        key = (config, mss)
+        derived = self._mss_configs.get(key)
+        if derived is None:
+            if len(self._mss_configs) >= 64:
+                self._mss_configs.clear()
+            derived = self._mss_configs[key] = config.replace(mss=mss)
+        return derived
 
     # ------------------------------------------------------------ input
 

@@ -155,7 +155,10 @@ class UtcpStream(trio.abc.HalfCloseableStream):
     def _send_room(self) -> int:
         room = self.conn.send_space
         if self.notsent_lowat is not None:
-            room = min(room, max(0, self.notsent_lowat - self.conn.unsent))
+            # The low-water mark bounds the unsent queue, not the segment size: like Linux,
+            # which checks it per skb of up to a segment, a write may fill one segment.
+            floor = max(self.notsent_lowat, self.conn.effective_mss)
+            room = min(room, max(0, floor - self.conn.unsent))
         return room
 
     async def _wait_established(self) -> None:

@@ -270,8 +270,12 @@ def check_interop(
     assert conn.ts_ok, "timestamps not negotiated although both SYNs offered them"
     assert conn.snd_wscale == kernel_syn.wscale
     assert conn.peer_mss == kernel_mss
-    assert conn.local_mss == DEFAULT_MSS_IPV4
-    effective = min(DEFAULT_MSS_IPV4, kernel_mss) - TS_OPTION_LEN
+    # WIRE.md "Sizes": utcp announces what the route toward its UDP peer (the gateway, over
+    # loopback) allows; the kernel's 1500-byte TUN route makes the smaller MSS the one used.
+    assert conn.remote_address is not None
+    local_mss = stream.endpoint.transport.path_mss(conn.remote_address) or DEFAULT_MSS_IPV4
+    assert conn.local_mss == local_mss > kernel_mss
+    effective = min(local_mss, kernel_mss) - TS_OPTION_LEN
     assert conn.effective_mss == stats.mss == effective
 
     # The same from the kernel's TCP_INFO.

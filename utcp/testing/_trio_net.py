@@ -70,6 +70,14 @@ class SimTransport:
             self._network.kick()
         return True
 
+    def send_batch(self, datagrams: Sequence[tuple[bytes, Address]]) -> int:
+        for data, address in datagrams:
+            self.send(data, address)
+        return len(datagrams)
+
+    def path_mss(self, address: Address) -> int | None:
+        return None  # the family default: links check their own MTU
+
     async def wait_readable(self) -> None:
         while not self._inbox and not self._errors:
             if self.closed:
