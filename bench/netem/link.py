@@ -22,8 +22,10 @@ Addresses are in RFC 2544's benchmarking range 198.18.0.0/15: the client is
 :data:`CLIENT_ADDRESS`, the server :data:`SERVER_ADDRESS`.
 
 An emulated run is marked invalid when its busiest window's packet rate exceeds
-``max_load`` (80 %) of the forwarder's calibrated ceiling, or when the forwarder's p99
-release lateness exceeds ``timing_bound_us``: then the link, not the stacks, shaped the run.
+``max_load`` (80 %) of the forwarder's ceiling (the lower of the rate calibrated once per
+process and the packets this run moved per second of the forwarder's work), or when the
+forwarder's p99 release lateness exceeds ``timing_bound_us`` (1 ms): then the link, not the
+stacks, shaped the run.
 """
 
 from __future__ import annotations
@@ -53,13 +55,13 @@ PREFIX_LEN = 16  # 198.18.0.0/16: the whole other side is through the link
 NETNS_PREFIX = "utcpemu"
 TUN_NAME = "emu0"
 MTU = 1500
-DEFAULT_TIMING_BOUND_US = 5000
+DEFAULT_TIMING_BOUND_US = 1000
 DEFAULT_MAX_LOAD = 0.8
 _COMMAND_TIMEOUT = 10.0
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _counter = itertools.count()
 _netem_available: bool | None = None
-_ceiling: dict[str, float] | None = None
+_ceiling: dict[str, Any] | None = None
 
 
 class LinkUnavailable(Exception):
@@ -91,6 +93,7 @@ class LinkReport:
     valid: bool = True
     invalid_reason: str | None = None
     notes: list[str] = field(default_factory=list)
+    scheduling: str | None = None  # the forwarder's: "fifo" (SCHED_FIFO) or "normal"
     forward: dict[str, int] = field(default_factory=dict)  # client -> server queue counters
     reverse: dict[str, int] = field(default_factory=dict)  # server -> client
 
@@ -158,12 +161,12 @@ def netem_available() -> bool:
     return _netem_available
 
 
-def forwarder_ceiling() -> dict[str, float]:
+def forwarder_ceiling() -> dict[str, Any]:
     """The forwarder's packet-rate ceiling on this machine, measured once per process."""
     global _ceiling
     if _ceiling is None:
         done = subprocess.run(
-            [sys.executable, "-m", "bench.netem.forwarder", "calibrate"],
+            [sys.executable, "-m", "bench.netem.forwarder", "calibrate", "--realtime"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -339,6 +342,7 @@ class Link:
         report.timing_error_p99_us = raw["timing_error_p99_us"]
         report.timing_error_max_us = raw["timing_error_max_us"]
         report.timing_bound_us = self.timing_bound_us
+        report.scheduling = raw["scheduling"]
         report.peak_pps = raw["peak_pps"]
         report.peak_busy = raw["peak_busy"]
         # The calibrated ceiling leaves out the kernel's work on each TUN write (the receiving
@@ -451,7 +455,7 @@ def _open_emulated(link: Link, seed: int) -> None:
             fds.append(_open_tun_in_netns(netns, TUN_NAME))
             _address(netns, TUN_NAME, address)
         link._ceiling = forwarder_ceiling()["ceiling_pps"]
-        argv = ["tun", "--fds", f"{fds[0]},{fds[1]}", "--seed", str(seed)]
+        argv = ["tun", "--fds", f"{fds[0]},{fds[1]}", "--seed", str(seed), "--realtime"]
         argv += ["--spec", link.spec, "--reverse-spec", link.reverse_spec]
         link._forwarder = _Forwarder(argv, pass_fds=fds)
     finally:
@@ -493,9 +497,8 @@ def open_link(
             _open_emulated(link, seed)
         else:
             link._ceiling = forwarder_ceiling()["ceiling_pps"]
-            link._forwarder = _Forwarder(
-                ["proxy", "--seed", str(seed), "--spec", spec, "--reverse-spec", reverse]
-            )
+            argv = ["proxy", "--seed", str(seed), "--spec", spec, "--reverse-spec", reverse]
+            link._forwarder = _Forwarder([*argv, "--realtime"])
         yield link
     finally:
         link._close()

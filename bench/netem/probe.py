@@ -5,11 +5,12 @@
     python -m bench.netem.probe tcp-sink --bind HOST --port P
     python -m bench.netem.probe tcp-send --host H --port P --bytes N
 
-``udp-ping`` sends numbered datagrams and reports each echo's round-trip time, how many
-never came back, and how many came back after a later-numbered one (reordered).
+``udp-ping`` sends numbered datagrams and reports the echoes' round-trip times, how many
+never came back (after waiting ``--linger`` seconds), and how many came back after a
+later-numbered one (reordered).
 ``tcp-send`` sends N pseudo-random bytes and reports their SHA-256 with the kernel's smoothed
 RTT (TCP_INFO ``tcpi_rtt``); ``tcp-sink`` reports the SHA-256 of what it received. Servers
-print ``listening`` once bound.
+print ``listening PORT`` once bound (``--port 0`` picks one).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _TCP_INFO_RTT_OFFSET = 68  # struct tcp_info: tcpi_rtt (us) follows 8 u8 fields 
 def udp_echo(bind: str, port: int, seconds: float) -> dict[str, Any]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((bind, port))
-    print("listening", flush=True)
+    print(f"listening {sock.getsockname()[1]}", flush=True)
     sock.settimeout(0.2)
     echoed = 0
     end = time.monotonic() + seconds
@@ -46,7 +47,9 @@ def udp_echo(bind: str, port: int, seconds: float) -> dict[str, Any]:
     return {"echoed": echoed}
 
 
-def udp_ping(host: str, port: int, count: int, interval: float, size: int) -> dict[str, Any]:
+def udp_ping(
+    host: str, port: int, count: int, interval: float, size: int, linger: float
+) -> dict[str, Any]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect((host, port))
     sock.setblocking(False)
@@ -79,7 +82,7 @@ def udp_ping(host: str, port: int, count: int, interval: float, size: int) -> di
         with contextlib.suppress(ConnectionRefusedError):
             sock.send(_PING.pack(seq, time.monotonic()) + padding)
         receive()
-    end = time.monotonic() + 1.0
+    end = time.monotonic() + linger
     while time.monotonic() < end and len(rtts) < count:
         time.sleep(0.002)
         receive()
@@ -100,7 +103,7 @@ def tcp_sink(bind: str, port: int) -> dict[str, Any]:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((bind, port))
     listener.listen(1)
-    print("listening", flush=True)
+    print(f"listening {listener.getsockname()[1]}", flush=True)
     conn, _ = listener.accept()
     digest = hashlib.sha256()
     received = 0
@@ -144,13 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.01)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--linger", type=float, default=1.0, help="udp-ping: wait for echoes")
     parser.add_argument("--bytes", type=int, default=1 << 20)
     parser.add_argument("--seed", type=int, default=1)
     a = parser.parse_args(argv)
     if a.what == "udp-echo":
         result = udp_echo(a.bind, a.port, a.seconds)
     elif a.what == "udp-ping":
-        result = udp_ping(a.host, a.port, a.count, a.interval, a.size)
+        result = udp_ping(a.host, a.port, a.count, a.interval, a.size, a.linger)
     elif a.what == "tcp-sink":
         result = tcp_sink(a.bind, a.port)
     else:
