@@ -2,6 +2,8 @@
 
     python -m bench.netem.probe udp-echo --bind HOST --port P --seconds S
     python -m bench.netem.probe udp-ping --host H --port P --count N --interval SECONDS
+    python -m bench.netem.probe udp-count --bind HOST --port P --idle SECONDS
+    python -m bench.netem.probe udp-blast --host H --port P --pps R --seconds S --size B
     python -m bench.netem.probe tcp-sink --bind HOST --port P
     python -m bench.netem.probe tcp-send --host H --port P --bytes N
 
@@ -9,7 +11,8 @@
 never came back (after waiting ``--linger`` seconds), and how many came back after a
 later-numbered one (reordered).
 ``tcp-send`` sends N pseudo-random bytes and reports their SHA-256 with the kernel's smoothed
-RTT (TCP_INFO ``tcpi_rtt``); ``tcp-sink`` reports the SHA-256 of what it received. Servers
+RTT (TCP_INFO ``tcpi_rtt``); ``tcp-sink`` reports the SHA-256 of what it received and the
+time from its first byte to its last. Servers
 print ``listening PORT`` once bound (``--port 0`` picks one).
 """
 
@@ -98,6 +101,50 @@ def udp_ping(
     }
 
 
+def udp_count(bind: str, port: int, idle: float) -> dict[str, Any]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.bind((bind, port))
+    print(f"listening {sock.getsockname()[1]}", flush=True)
+    sock.settimeout(30.0)
+    count = 0
+    first = last = 0.0
+    while True:
+        try:
+            sock.recv(65535)
+        except TimeoutError:
+            break
+        last = time.monotonic()
+        if not count:
+            first = last
+            sock.settimeout(idle)
+        count += 1
+    span = last - first
+    return {"received": count, "seconds": span, "pps": count / span if span > 0 else 0.0}
+
+
+def udp_blast(host: str, port: int, pps: float, seconds: float, size: int) -> dict[str, Any]:
+    """Send ``size``-byte datagrams at ``pps`` (0: as fast as possible) for ``seconds``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((host, port))
+    payload = bytes(size)
+    start = time.monotonic()
+    sent = errors = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        target = int(elapsed * pps) + 1 if pps else sent + 64
+        while sent < target:
+            try:
+                sock.send(payload)
+            except OSError:  # ENOBUFS: the device queue is full
+                errors += 1
+                break
+            sent += 1
+        if pps:
+            time.sleep(0.0005)
+    elapsed = time.monotonic() - start
+    return {"sent": sent, "send_errors": errors, "seconds": elapsed, "pps": sent / elapsed}
+
+
 def tcp_sink(bind: str, port: int) -> dict[str, Any]:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -107,13 +154,17 @@ def tcp_sink(bind: str, port: int) -> dict[str, Any]:
     conn, _ = listener.accept()
     digest = hashlib.sha256()
     received = 0
+    first = last = 0.0
     with conn:
         while chunk := conn.recv(1 << 16):
+            last = time.monotonic()
+            if not received:
+                first = last
             digest.update(chunk)
             received += len(chunk)
         conn.sendall(b"ok")
     listener.close()
-    return {"bytes": received, "sha256": digest.hexdigest()}
+    return {"bytes": received, "sha256": digest.hexdigest(), "receive_seconds": last - first}
 
 
 def tcp_send(host: str, port: int, size: int, seed: int) -> dict[str, Any]:
@@ -139,7 +190,9 @@ def tcp_send(host: str, port: int, size: int, seed: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.netem.probe")
-    parser.add_argument("what", choices=("udp-echo", "udp-ping", "tcp-sink", "tcp-send"))
+    parser.add_argument(
+        "what", choices=("udp-echo", "udp-ping", "udp-count", "udp-blast", "tcp-sink", "tcp-send")
+    )
     parser.add_argument("--bind", default="0.0.0.0")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -150,11 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--linger", type=float, default=1.0, help="udp-ping: wait for echoes")
     parser.add_argument("--bytes", type=int, default=1 << 20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--pps", type=float, default=0.0, help="udp-blast: 0 = flat out")
+    parser.add_argument("--idle", type=float, default=0.5, help="udp-count: stop after")
     a = parser.parse_args(argv)
     if a.what == "udp-echo":
         result = udp_echo(a.bind, a.port, a.seconds)
     elif a.what == "udp-ping":
         result = udp_ping(a.host, a.port, a.count, a.interval, a.size, a.linger)
+    elif a.what == "udp-count":
+        result = udp_count(a.bind, a.port, a.idle)
+    elif a.what == "udp-blast":
+        result = udp_blast(a.host, a.port, a.pps, a.seconds, a.size)
     elif a.what == "tcp-sink":
         result = tcp_sink(a.bind, a.port)
     else:

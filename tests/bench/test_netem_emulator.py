@@ -253,6 +253,13 @@ def test_rate_counts_packet_overhead_and_cells() -> None:
     assert all(d == pytest.approx(1155 * 8 / 1e6) for d in _delays(released, 1.0))
 
 
+def test_rate_counts_the_framing_the_caller_packets_lack() -> None:
+    # The forwarder's TUN packets lack the 14-byte Ethernet header netem counts on a veth.
+    queue: NetemQueue[int] = NetemQueue(parse_spec("rate 1mbit"), seed=1, framing=14)
+    queue.enqueue(PACKET, 0.0, 0)
+    assert queue.next_release() == pytest.approx(1014 * 8 / 1e6)
+
+
 def test_limit_tail_drops_above_the_queue_length() -> None:
     queue: NetemQueue[int] = NetemQueue(parse_spec("rate 1mbit limit 10"), seed=1)
     for i in range(100):

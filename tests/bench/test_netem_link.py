@@ -146,12 +146,36 @@ def test_kernel_tcp_crosses_the_link_intact_and_sees_its_delay() -> None:
         finally:
             sink.close()
         report = link.report()
-    assert received == {"bytes": size, "sha256": sent["sha256"]}
+    assert (received["bytes"], received["sha256"]) == (size, sent["sha256"])
     assert sent["answer"] == "ok"
     # A wire with 25 ms each way: the handshake and the smoothed RTT both near 50 ms.
     assert 48.0 <= sent["connect_ms"] <= 150.0, sent
     assert 45.0 <= sent["tcpi_rtt_ms"] <= 120.0, sent
     assert report.packets > size // 1500 and report.drops["loss"] == 0
+
+
+@needs_root
+def test_kernel_tcp_goodput_through_a_rate_limit_is_the_configured_rate() -> None:
+    size = 2 << 20
+    with open_link("delay 5ms rate 20mbit", mode="emulated") as link:
+        sink = _Server(link, ["tcp-sink", "--port", "0"])
+        try:
+            sent = _client(
+                link,
+                ["tcp-send", "--host", link.client_connect_host, "--port", str(sink.port),
+                 "--bytes", str(size)],
+            )  # fmt: skip
+            received = sink.result()
+        finally:
+            sink.close()
+        report = link.report()
+    assert received["sha256"] == sent["sha256"]
+    # Full-sized segments carry 1448 bytes (timestamps on) in 1500-byte IP packets, which
+    # netem on a veth counts with their 14-byte Ethernet header.
+    expected = 20e6 * 1448 / 1514
+    goodput = (size - 1448) * 8 / received["receive_seconds"]
+    assert 0.85 * expected <= goodput <= 1.03 * expected, (goodput, report)
+    assert report.valid, report.invalid_reason
 
 
 @needs_root
