@@ -27,6 +27,7 @@ import ctypes
 import json
 import os
 import select
+import signal
 import socket
 import sys
 import time
@@ -391,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--realtime", action="store_true", help="try SCHED_FIFO")
     args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group; the parent decides when the link ends (and
+    # asks for the final report first), and end of file on stdin covers the parent's death.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     scheduling = _realtime() if args.realtime else "normal"
     if args.mode == "calibrate":
         _say(json.dumps({**calibrate(), "scheduling": scheduling}))

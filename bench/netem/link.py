@@ -17,7 +17,8 @@ and whether the run is valid. Modes:
     kernel TCP comparisons need root). ``port_for_client(server_port)`` opens a relay port.
 
 ``auto`` picks netem, else emulated when root with /dev/net/tun, else proxy. Namespaces are
-named ``utcpemu-<pid>-<n>c``/``...s`` and are deleted on exit, error or KeyboardInterrupt.
+named ``utcpemu-<pid>-<n>c``/``...s`` and are deleted on exit, error or KeyboardInterrupt;
+those of a process that was killed outright are deleted by the next ``open_link``.
 Addresses are in RFC 2544's benchmarking range 198.18.0.0/15: the client is
 :data:`CLIENT_ADDRESS`, the server :data:`SERVER_ADDRESS`.
 
@@ -113,6 +114,22 @@ def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProc
 def _delete_netns(name: str) -> None:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         _run(["ip", "netns", "del", name], check=False)
+
+
+def remove_stale_namespaces() -> list[str]:
+    """Delete the namespaces of links whose process died without cleaning up (killed by
+    SIGKILL, say): ``utcpemu-<pid>-...`` where no process ``pid`` runs. Returns their names."""
+    done = _run(["ip", "netns", "list"], check=False)
+    stale = []
+    for line in done.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != NETNS_PREFIX or not parts[1].isdigit():
+            continue
+        if not os.path.exists(f"/proc/{parts[1]}"):
+            _delete_netns(name)
+            stale.append(name)
+    return stale
 
 
 def _can_use_namespaces() -> str | None:
@@ -490,6 +507,8 @@ def open_link(
     if mode == "netem" and not netem_available():
         raise LinkUnavailable("this kernel has no sch_netem (tc answers 'unknown qdisc')")
     link = Link(mode, spec, reverse, timing_bound_us=timing_bound_us, max_load=max_load)
+    if mode != "proxy":
+        remove_stale_namespaces()
     try:
         if mode == "netem":
             _open_netem(link)

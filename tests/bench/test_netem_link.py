@@ -247,3 +247,67 @@ def test_report_is_invalid_near_the_ceiling_or_beyond_the_timing_bound(
     else:
         assert report.invalid_reason is not None and reason in report.invalid_reason
     assert json.loads(json.dumps(report.to_dict()))["valid"] is valid
+
+
+@needs_root
+def test_stale_namespaces_of_dead_processes_are_removed() -> None:
+    stale = f"{link_module.NETNS_PREFIX}-999999999-0c"  # above any pid_max: never alive
+    subprocess.run(["ip", "netns", "add", stale], check=True, capture_output=True)
+    try:
+        assert stale in link_module.remove_stale_namespaces()
+        assert stale not in _netns_list()
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], check=False, capture_output=True)
+
+
+@pytest.mark.slow
+@needs_root
+def test_gilbert_elliott_bursts_through_the_link_match_the_model() -> None:
+    n, p, r = 5000, 0.01, 0.167
+    with open_link("loss gemodel 1% 16.7%", reverse_spec="", mode="emulated") as link:
+        result = _ping(link, count=n, interval=0.001, linger=0.3)
+        report = link.report()
+    assert result["lost"] == report.drops["loss"]
+    bad = p / (p + r)
+    lam = 1 - p - r
+    se = math.sqrt(bad * (1 - bad) / n * (1 + lam) / (1 - lam))
+    assert abs(result["lost"] / n - bad) <= 4 * se, result
+    assert report.valid, report.invalid_reason
+
+
+@pytest.mark.slow
+@needs_root
+def test_normal_jitter_through_the_link_has_the_configured_spread() -> None:
+    n = 2000
+    with open_link(
+        "delay 20ms 5ms distribution normal", reverse_spec="delay 20ms", mode="emulated"
+    ) as link:
+        result = _ping(link, count=n, interval=0.002)
+        report = link.report()
+    # RTT = 40 ms + N(0, 5 ms) (the tables' clip at 4 jitters aside); the median's SE is
+    # sqrt(pi / 2) * 5 ms / sqrt(n) = 0.14 ms, plus the machine's own latency (generous).
+    assert 39.5 <= result["rtt_median_ms"] <= 42.5, result
+    assert result["rtt_min_ms"] >= 20.0 - 0.5 and result["rtt_max_ms"] <= 60.0 + 5.0, result
+    assert report.reordered == 0 and report.valid, report.invalid_reason
+
+
+@pytest.mark.slow
+@needs_root
+def test_kernel_tcp_through_every_impairment_delivers_intact() -> None:
+    size = 8 << 20
+    spec = "delay 10ms 2ms loss 1% reorder 5% 25% duplicate 1% corrupt 0.1% rate 50mbit"
+    with open_link(spec, mode="emulated") as link:
+        sink = _Server(link, ["tcp-sink", "--port", "0"])
+        try:
+            sent = _client(
+                link,
+                ["tcp-send", "--host", link.client_connect_host, "--port", str(sink.port),
+                 "--bytes", str(size)],
+            )  # fmt: skip
+            received = sink.result()
+        finally:
+            sink.close()
+        report = link.report()
+    assert (received["bytes"], received["sha256"]) == (size, sent["sha256"])
+    assert report.drops["loss"] > 0 and report.duplicates > 0 and report.reordered > 0
+    assert report.corrupted > 0
