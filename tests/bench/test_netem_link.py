@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -363,7 +364,7 @@ def test_netem_mode_joins_the_namespaces_by_a_veth_with_netem_on_each_end(
 
 def test_netem_detection_reads_tcs_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(link_module, "_can_use_namespaces", lambda: None)
-    monkeypatch.setattr(link_module.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
     for answer, expected in ((2, False), (0, True)):
         fake = _FakeIp(tc_answer=answer)
         monkeypatch.setattr(link_module, "_run", fake)
