@@ -360,6 +360,9 @@ def test_netem_mode_joins_the_namespaces_by_a_veth_with_netem_on_each_end(
     assert link.server_host == link.client_connect_host == "198.18.2.1"
     report = link.report()
     assert report.packets == 84 and report.delivered == 80 and report.drops == {"qdisc": 4}
+    link._close()  # the counters are read before the namespaces are deleted
+    assert ["ip", "netns", "del", client] in fake.commands
+    assert link.report() == report
 
 
 def test_netem_detection_reads_tcs_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
