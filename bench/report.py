@@ -113,6 +113,11 @@ def rows_for(bulk_tests: list[str], ccs: list[str]) -> list[Row]:
     return rows
 
 
+def usable(rec: Json) -> bool:
+    """A measurement that completed on a link whose report says it held."""
+    return "error" not in rec and rec.get("link_valid") is not False
+
+
 def index(records: list[Json]) -> dict[tuple[str, str, str], Json]:
     return {(str(r["scenario"]), str(r["stack"]), str(r["test"])): r for r in records}
 
@@ -122,6 +127,8 @@ def cell(rec: Json | None, key: str, rtt_key: str | None, second_key: str | None
         return "-"
     if "error" in rec:
         return "error"
+    if rec.get("link_valid") is False:
+        return "invalid"
     text = num(rec.get(key))
     if key == "Mbit_s" and rec.get("complete") is False:
         text += "*"
@@ -133,7 +140,7 @@ def cell(rec: Json | None, key: str, rtt_key: str | None, second_key: str | None
 
 
 def ratio(a: Json | None, b: Json | None, key: str) -> str:
-    if a is None or b is None or "error" in a or "error" in b:
+    if a is None or b is None or not usable(a) or not usable(b):
         return "-"
     x, y = a.get(key), b.get(key)
     if not isinstance(x, (int, float)) or not isinstance(y, (int, float)) or not y:
@@ -156,7 +163,7 @@ def scenario_table(
         d = recs.get((name, "udp", row.udp_test)) if row.udp_test else None
         udp_key = row.key if row.udp_test == "echo64" else "Mbit_s"
         udp_text = cell(d, udp_key, None, None) if row.udp_test else ""
-        if d is not None and row.udp_test == "blast" and "error" not in d:
+        if d is not None and row.udp_test == "blast" and usable(d):
             udp_text += f" (loss {100 * (d.get('loss') or 0):.1f}%)"
         rat = "" if row.second_key else ratio(u, k, row.key)
         lines.append(
@@ -211,24 +218,29 @@ def markdown(cond: Json, scenarios: list[Scenario], records: list[Json], links: 
         "p99.9 needs 1,000 samples (n/a below); RTTs are the spec's added round trip",
         "",
     ]
-    for scenario, link in zip(scenarios, links, strict=True):
-        rep = link.get("report") or {}
-        mode = link.get("mode", "?")
+    for scenario in scenarios:
+        mine = [link for link in links if link["scenario"] == scenario.name]
+        mode = mine[0].get("mode", "?") if mine else "not run"
         spec = "127.0.0.1, no emulated link" if scenario.spec is None else f"`{scenario.spec}`"
         out.append(f"## {scenario.name}: {spec} ({mode})")
         out.append("")
-        if not rep.get("valid"):
+        if mine:
             out.append(
-                f"**INVALID link: {rep.get('invalid_reason')}. The figures are not results "
-                "(raw records in results.jsonl).**"
+                f"load average {mine[0].get('loadavg_start')} -> {mine[-1].get('loadavg_end')}; "
+                f"{len(mine)} links, one per group of tests"
             )
             out.append("")
-            continue
-        out.append(f"load average {link.get('loadavg_start')} -> {link.get('loadavg_end')}")
-        extra = {k: rep[k] for k in sorted(rep) if k not in ("valid", "invalid_reason")}
-        if extra:
-            out.append(f"; link report: `{summarise(extra)}`")
-        out.append("")
+        invalid = [link for link in mine if not (link.get("report") or {}).get("valid")]
+        if invalid:
+            out.append(
+                f"**{len(invalid)} of {len(mine)} links INVALID: their figures are not results "
+                "(shown as `invalid`; raw records in results.jsonl):**"
+            )
+            out.append("")
+            for link in invalid:
+                reason = (link.get("report") or {}).get("invalid_reason")
+                out.append(f"- {link['stack']} {', '.join(link['tests'])}: {reason}")
+            out.append("")
         if scenario.spec is None:
             out += loopback_table(scenario.name, recs, cond["loopback_bulk"])
         else:
@@ -255,10 +267,10 @@ def plots(
     out_dir: Path,
     scenarios: list[Scenario],
     records: list[Json],
-    links: list[Json],
     slug: Callable[[str], str],
 ) -> list[Path] | None:
-    """Latency CDFs per scenario and goodput vs loss per RTT; None without matplotlib."""
+    """Latency CDFs per scenario and goodput vs loss per RTT, from the usable records only;
+    None without matplotlib."""
     try:
         import matplotlib
 
@@ -268,11 +280,7 @@ def plots(
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
     recs = index(records)
-    valid = {
-        s.name: s
-        for s, link in zip(scenarios, links, strict=True)
-        if (link.get("report") or {}).get("valid")
-    }
+    by_name = {s.name: s for s in scenarios}
     written: list[Path] = []
     curves = [
         ("utcp", "echo64", "utcp idle", "-"),
@@ -282,12 +290,12 @@ def plots(
         ("utcp", "underload_ledbat", "utcp ledbat under load", "--"),
         ("kernel", "underload_kernel", "kernel under load", "--"),
     ]
-    for name, scenario in valid.items():
+    for name, scenario in by_name.items():
         fig, ax = plt.subplots(figsize=(7, 4.5))
         drawn = 0
         for stack, test, label, style in curves:
             rec = recs.get((name, stack, test))
-            samples = sorted(rec.get("samples_ms") or []) if rec and "error" not in rec else []
+            samples = sorted(rec.get("samples_ms") or []) if rec and usable(rec) else []
             if not samples:
                 continue
             ys = [(i + 1) / len(samples) for i in range(len(samples))]
@@ -308,27 +316,27 @@ def plots(
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
-    summary = goodput_vs_loss(plt, out_dir, valid, recs)
+    summary = goodput_vs_loss(plt, out_dir, by_name, recs)
     if summary is not None:
         written.append(summary)
     return written
 
 
 def goodput_vs_loss(
-    plt: Any, out_dir: Path, valid: dict[str, Scenario], recs: dict[tuple[str, str, str], Json]
+    plt: Any, out_dir: Path, by_name: dict[str, Scenario], recs: dict[tuple[str, str, str], Json]
 ) -> Path | None:
     """Bulk goodput (the largest transfer measured) against the spec's mean loss rate, one
     line per RTT and stack; rate-capped scenarios are left out (the cap, not loss, limits
     them), Gilbert-Elliott bursts are separate markers."""
     points: dict[tuple[int, str, bool], list[tuple[float, float]]] = {}
-    for name, scenario in valid.items():
+    for name, scenario in by_name.items():
         if scenario.spec is None or scenario.has_rate:
             continue
         rtt_ms = round(scenario.base_rtt * 1000)
         for stack in ("utcp", "kernel"):
             for test in ("bulk100", "bulk10", "bulk1"):
                 rec = recs.get((name, stack, test))
-                if rec is not None and "error" not in rec and rec.get("Mbit_s") is not None:
+                if rec is not None and usable(rec) and rec.get("Mbit_s") is not None:
                     key = (rtt_ms, stack, scenario.bursty)
                     points.setdefault(key, []).append((100 * scenario.mean_loss, rec["Mbit_s"]))
                     break

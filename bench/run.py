@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 
@@ -45,6 +45,7 @@ import utcp
 
 from . import report
 from .common import ROOT, Json, cpu_model, git_describe, loadavg
+from .netem.link import LinkUnavailable, Mode, open_link
 from .scenarios import GROUPS, SCENARIOS, Scenario, resolve
 from .workloads import Params, time_bound
 
@@ -66,6 +67,7 @@ class Profile:
     bulk_tests: tuple[str, ...]
     loopback_bulk: str
     quic_bulk_mb: float
+    link_per_group: bool  # a fresh link per group of tests (see units), else one per stack
 
 
 QUICK = Profile(
@@ -73,19 +75,20 @@ QUICK = Profile(
     Params(
         setup_count=3,
         echo_count=100,
-        echo_seconds=2.0,
+        echo_seconds=1.5,
         msg_count=3,
-        msg_seconds=2.0,
+        msg_seconds=1.5,
         bulk_seconds={"bulk1": 2.0},
         parallel=2,
         parallel_seconds=1.5,
-        load_seconds=2.0,
-        load_warmup=0.4,
+        load_seconds=1.5,
+        load_warmup=0.3,
         blast_seconds=1.0,
     ),
     bulk_tests=("bulk1",),
     loopback_bulk="bulk1",
     quic_bulk_mb=1.0,
+    link_per_group=False,
 )
 FULL = Profile(
     "full",
@@ -105,6 +108,7 @@ FULL = Profile(
     bulk_tests=("bulk1", "bulk10", "bulk100"),
     loopback_bulk="bulk10",
     quic_bulk_mb=10.0,
+    link_per_group=True,
 )
 
 
@@ -310,59 +314,106 @@ def open_scenario_link(scenario: Scenario, mode: str) -> Iterator[Any]:
     if scenario.spec is None:
         yield Loopback()
         return
-    from .netem.link import open_link
-
-    with open_link(spec=scenario.spec, reverse_spec=None, mode=mode) as link:
+    with open_link(spec=scenario.spec, reverse_spec=None, mode=cast(Mode, mode)) as link:
         yield link
+
+
+def units(profile: Profile, scenario: Scenario, stack: str) -> list[list[str]]:
+    """``stack``'s tests grouped by the link they run on: each group gets a fresh link, so
+    the link report (and its validity) covers just that group. The light latency tests
+    share one; each bulk, parallel and under-load test, which can load the emulator up to
+    its ceiling, has its own. The quick profile uses one link per stack (fewer links to
+    make, coarser verdicts)."""
+    tests = planned_tests(profile, scenario, stack)
+    if scenario.spec is None or not profile.link_per_group:
+        return [tests]
+    light = ("setup", "echo64", "echo4k", "msg100k")
+    grouped = [[t for t in tests if t in light]]
+    grouped += [[t] for t in tests if t not in light]
+    return [g for g in grouped if g]
+
+
+def link_mode(requested: str) -> str:
+    """The mode ``open_link`` picks for ``requested`` here (``auto`` resolved once, so every
+    scenario of a run uses the same kind of link)."""
+    with open_link(spec="", reverse_spec=None, mode=cast(Mode, requested)) as link:
+        return str(link.mode)
+
+
+def run_unit(
+    scenario: Scenario, stack: str, tests: list[str], params: Params, mode: str
+) -> tuple[list[Json], Json]:
+    """One group of tests of one stack on a link of its own; the measurement records (each
+    carrying the link's verdict) and the link record."""
+    link_record: Json = {
+        "kind": "link",
+        "scenario": scenario.name,
+        "spec": scenario.spec,
+        "stack": stack,
+        "tests": tests,
+        "mode": "loopback" if scenario.spec is None else mode,
+        "loadavg_start": loadavg(),
+    }
+    t0 = time.monotonic()
+    records: list[Json] = []
+    try:
+        with open_scenario_link(scenario, mode) as link:
+            records = run_stack(link, stack, tests, params)
+            if scenario.spec is None:
+                verdict: Json = {"valid": True, "invalid_reason": None}
+            else:
+                verdict = link.report().to_dict()
+    except (LinkUnavailable, OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
+        verdict = {"valid": False, "invalid_reason": f"link failed: {exc}"}
+        link_record["error"] = repr(exc)
+        seen = {r["test"] for r in records}
+        records += [
+            {"test": t, "stack": stack, "error": f"link: {exc!r}"} for t in tests if t not in seen
+        ]
+    link_record["report"] = verdict
+    link_record["seconds"] = time.monotonic() - t0
+    link_record["loadavg_end"] = loadavg()
+    for record in records:
+        record["link_valid"] = bool(verdict.get("valid"))
+        record["link_invalid_reason"] = verdict.get("invalid_reason")
+    return records, link_record
 
 
 def run_scenario(
     scenario: Scenario, profile: Profile, mode: str, out: Any, log: Any
-) -> tuple[list[Json], Json]:
-    """Every stack of one scenario; the measurement records and the scenario's link record."""
+) -> tuple[list[Json], list[Json]]:
+    """Every stack of one scenario: its measurement records and link records."""
     params = dataclasses.replace(profile.params, base_rtt=scenario.base_rtt)
     records: list[Json] = []
-    link_record: Json = {"kind": "link", "scenario": scenario.name, "spec": scenario.spec}
-    link_record["loadavg_start"] = loadavg()
-    t0 = time.monotonic()
-    try:
-        with open_scenario_link(scenario, mode) as link:
-            link_record["mode"] = link.mode
-            stacks = ["utcp", "kernel", "udp"]
-            if link.mode == "proxy":
-                stacks.remove("kernel")
-                link_record["skipped"] = {"kernel": KERNEL_NEEDS_ROOT}
-                print(f"  {KERNEL_NEEDS_ROOT}", file=log)
-            for stack in stacks:
-                tests = planned_tests(profile, scenario, stack)
-                print(f"  {stack}: {', '.join(tests)}", file=log, flush=True)
-                for record in run_stack(link, stack, tests, params):
-                    record = {"kind": "measurement", "scenario": scenario.name, **record}
-                    records.append(record)
-                    out.write(json.dumps(record) + "\n")
-                    out.flush()
-                    print(f"    {report.describe(record)}", file=log, flush=True)
-            if scenario.spec is None:
-                for record in run_quic(profile, params):
-                    record = {"kind": "measurement", "scenario": scenario.name, **record}
-                    records.append(record)
-                    out.write(json.dumps(record) + "\n")
-                    print(f"    {report.describe(record)}", file=log, flush=True)
-                link_record["report"] = {"valid": True, "invalid_reason": None}
-            else:
-                rep = link.report()
-                link_record["report"] = rep.to_dict()
-                link_record["report"]["valid"] = bool(rep.valid)
-                link_record["report"]["invalid_reason"] = rep.invalid_reason
-    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
-        link_record["error"] = f"link: {exc!r}"
-        link_record["report"] = {"valid": False, "invalid_reason": f"link failed: {exc}"}
-        print(f"  link failed: {exc!r}", file=log)
-    link_record["seconds"] = time.monotonic() - t0
-    link_record["loadavg_end"] = loadavg()
-    out.write(json.dumps(link_record) + "\n")
-    out.flush()
-    return records, link_record
+    links: list[Json] = []
+
+    def keep(record: Json) -> None:
+        record = {"kind": "measurement", "scenario": scenario.name, **record}
+        records.append(record)
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+        flag = "" if record.get("link_valid", True) else " [link INVALID]"
+        print(f"    {report.describe(record)}{flag}", file=log, flush=True)
+
+    stacks = ["utcp", "kernel", "udp"]
+    if scenario.spec is not None and mode == "proxy":
+        stacks.remove("kernel")
+        print(f"  {KERNEL_NEEDS_ROOT}", file=log)
+    for stack in stacks:
+        for tests in units(profile, scenario, stack):
+            print(f"  {stack}: {', '.join(tests)}", file=log, flush=True)
+            unit_records, link_record = run_unit(scenario, stack, tests, params, mode)
+            for record in unit_records:
+                keep(record)
+            links.append(link_record)
+            out.write(json.dumps(link_record) + "\n")
+            rep = link_record["report"]
+            if not rep.get("valid"):
+                print(f"    link invalid: {rep.get('invalid_reason')}", file=log, flush=True)
+    if scenario.spec is None:
+        for record in run_quic(profile, params):
+            keep({**record, "link_valid": True, "link_invalid_reason": None})
+    return records, links
 
 
 def package_version(name: str) -> str | None:
@@ -412,6 +463,14 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     log = sys.stderr
     cond = conditions(args, profile, scenarios)
+    needs_link = any(s.spec is not None for s in scenarios)
+    try:
+        mode = link_mode(args.mode) if needs_link else "loopback"
+    except (LinkUnavailable, OSError, subprocess.SubprocessError) as exc:
+        print(f"no link can be made here ({exc}); only the loopback scenario runs", file=log)
+        scenarios = [s for s in scenarios if s.spec is None]
+        mode = "loopback"
+    cond["link_mode"] = mode
     all_records: list[Json] = []
     links: list[Json] = []
     with (out_dir / "results.jsonl").open("w") as out:
@@ -419,19 +478,19 @@ def run(args: argparse.Namespace) -> int:
         for scenario in scenarios:
             spec = "127.0.0.1, no link" if scenario.spec is None else repr(scenario.spec)
             print(f"scenario {scenario.name}: {spec}", file=log, flush=True)
-            records, link_record = run_scenario(scenario, profile, args.mode, out, log)
+            records, scenario_links = run_scenario(scenario, profile, mode, out, log)
             all_records += records
-            links.append(link_record)
+            links += scenario_links
         cond["loadavg_end"] = loadavg()
         out.write(json.dumps({"kind": "end", "loadavg_end": cond["loadavg_end"]}) + "\n")
     (out_dir / "results.md").write_text(report.markdown(cond, scenarios, all_records, links))
     print(f"wrote {out_dir / 'results.jsonl'} and {out_dir / 'results.md'}", file=log)
-    plotted = report.plots(out_dir / "plots", scenarios, all_records, links, slug)
+    plotted = report.plots(out_dir / "plots", scenarios, all_records, slug)
     if plotted is None:
         print("matplotlib is not installed: plots skipped (pip install 'trio-utcp[bench]')")
     else:
         print(f"wrote {len(plotted)} plots in {out_dir / 'plots'}", file=log)
-    if any(link.get("mode") == "proxy" for link in links):
+    if mode == "proxy":
         print(KERNEL_NEEDS_ROOT)
     failures = sum("error" in r for r in all_records) + sum("error" in k for k in links)
     return 1 if failures else 0
