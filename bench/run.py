@@ -228,6 +228,8 @@ def run_stack(link: LinkLike, stack: str, tests: list[str], params: Params) -> l
             link.client_connect_host,
             "--port",
             str(port),
+            "--tcp-port",
+            str(server.port),
             "--tests",
             ",".join(tests),
             "--params",

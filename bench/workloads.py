@@ -503,10 +503,23 @@ async def udp_blast(addr: tuple[str, int], p: Params, family: int) -> Json:
 # ================================================================= client
 
 
-def stream_connector(stack: str, host: str, port: int, cc: str | None = None) -> Connect:
+def stream_connector(
+    stack: str, host: str, port: int, tcp_port: int, cc: str | None = None
+) -> Connect:
+    """Connections to ``host``:``port``. For utcp, ``tcp_port`` is the server's TCP port
+    when it differs from the UDP ``port`` (a UDP proxy relays between them): then each
+    connection gets an endpoint of its own (as ``open_tcp_stream`` gives it) and connects
+    with ``connect_on(..., remote_port=tcp_port)``; the endpoints live until the client
+    process exits."""
     config = utcp_config(cc)
 
     async def connect() -> trio.abc.HalfCloseableStream:
+        if stack == "utcp" and tcp_port != port:
+            family_any = "::" if ":" in host else "0.0.0.0"
+            endpoint = await utcp.open_endpoint((family_any, 0), config=config)
+            return await utcp.connect_on(
+                endpoint, (host, port), remote_port=tcp_port, config=config
+            )
         if stack == "utcp":
             return await utcp.open_tcp_stream(host, port, config=config)
         return await trio.open_tcp_stream(host, port)
@@ -523,7 +536,8 @@ async def run_test(args: argparse.Namespace, p: Params, test: str) -> Json:
         if test == "blast":
             return await udp_blast(addr, p, family)
         raise ValueError(f"no UDP test {test!r}")
-    connect = stream_connector(args.stack, args.host, args.port)
+    tcp_port = args.tcp_port or args.port
+    connect = stream_connector(args.stack, args.host, args.port, tcp_port)
     if test == "setup":
         return await measure_setup(connect, p)
     if test in ("echo64", "echo4k"):
@@ -537,7 +551,7 @@ async def run_test(args: argparse.Namespace, p: Params, test: str) -> Json:
     if test.startswith("underload_"):
         cc = test.removeprefix("underload_")
         if args.stack == "utcp":
-            connect = stream_connector(args.stack, args.host, args.port, cc)
+            connect = stream_connector(args.stack, args.host, args.port, tcp_port, cc)
         elif cc != "kernel":
             raise ValueError("kernel TCP runs underload_kernel (the system's controller)")
         return {"cc": cc, **(await measure_underload(connect, p))}
@@ -592,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", choices=STACKS, required=True)
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tcp-port", type=int, default=0, help="the server's, if not --port")
     parser.add_argument("--tests", default="")
     parser.add_argument("--params", default="")
     args = parser.parse_args(argv)
