@@ -276,35 +276,45 @@ def plots(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import ScalarFormatter
     except ImportError:
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
     recs = index(records)
     by_name = {s.name: s for s in scenarios}
     written: list[Path] = []
-    curves = [
-        ("utcp", "echo64", "utcp idle", "-"),
-        ("kernel", "echo64", "kernel idle", "-"),
-        ("udp", "echo64", "raw UDP idle", "-"),
-        ("utcp", "underload_cubic", "utcp cubic under load", "--"),
-        ("utcp", "underload_ledbat", "utcp ledbat under load", "--"),
-        ("kernel", "underload_kernel", "kernel under load", "--"),
+    curves = [  # stack, test, label, line style, colour
+        ("utcp", "echo64", "utcp idle", "-", "C0"),
+        ("kernel", "echo64", "kernel idle", "-", "C1"),
+        ("udp", "echo64", "raw UDP idle", "-", "C2"),
+        ("utcp", "underload_cubic", "utcp cubic under load", "--", "C0"),
+        ("utcp", "underload_newreno", "utcp newreno under load", "-.", "C0"),
+        ("utcp", "underload_ledbat", "utcp ledbat under load", ":", "C0"),
+        ("kernel", "underload_kernel", "kernel under load", "--", "C1"),
     ]
     for name, scenario in by_name.items():
         fig, ax = plt.subplots(figsize=(7, 4.5))
         drawn = 0
-        for stack, test, label, style in curves:
+        for stack, test, label, style, colour in curves:
             rec = recs.get((name, stack, test))
             samples = sorted(rec.get("samples_ms") or []) if rec and usable(rec) else []
             if not samples:
                 continue
             ys = [(i + 1) / len(samples) for i in range(len(samples))]
-            ax.step(samples, ys, where="post", linestyle=style, label=f"{label} (n={len(samples)})")
+            ax.step(
+                samples,
+                ys,
+                where="post",
+                linestyle=style,
+                color=colour,
+                label=f"{label} (n={len(samples)})",
+            )
             drawn += 1
         if not drawn:
             plt.close(fig)
             continue
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("64 B echo round trip, ms (log)")
         ax.set_ylabel("fraction of round trips")
         spec = "loopback" if scenario.spec is None else scenario.spec or "clean link"
