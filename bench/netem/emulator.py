@@ -17,8 +17,9 @@ The decisions on enqueue, in netem's order:
 6. reorder: unless a reorder gap is running or the reorder draw fails, the packet is sent
    now, ahead of the delayed ones; otherwise it gets ``delay`` plus its jitter (drawn from
    the distribution) and, with ``rate``, waits for the previous packet's release plus its
-   own serialisation time ``(len + overhead) * 8 / rate`` (cells rounded up when a cell size
-   is set). Packets leave in release-time order, so jitter alone reorders, as in netem.
+   own serialisation time ``(len + framing + overhead) * 8 / rate`` (cells rounded up when a
+   cell size is set; ``framing`` makes up for headers netem would count but the caller's
+   packets lack). Packets leave in release-time order, so jitter alone reorders, as in netem.
 
 Correlations are netem's: the next uniform draw is ``(1 - rho) * fresh + rho * previous``.
 Delay distributions are netem's tables as functions of that uniform draw, in units of the
@@ -171,8 +172,11 @@ class NetemQueue(Generic[T]):
     tag (where it goes), ``release(now)`` returns ``(due, data, tag)`` for every packet due,
     ``due`` being the release time netem scheduled (never later than ``now``)."""
 
-    def __init__(self, spec: NetemSpec, *, seed: int) -> None:
+    def __init__(self, spec: NetemSpec, *, seed: int, framing: int = 0) -> None:
         self.spec = spec
+        # Bytes the caller's packets lack against what netem measures on a veth (rate only):
+        # netem counts the Ethernet header, a TUN packet starts at the IP header.
+        self.framing = framing
         self.stats = QueueStats()
         self._rng = random.Random(spec.seed if spec.seed is not None else seed)
         rng = self._rng
@@ -281,7 +285,7 @@ class NetemQueue(Generic[T]):
     def _serialisation_time(self, length: int) -> float:
         rate = self.spec.rate
         assert rate is not None
-        length += rate.packet_overhead
+        length += self.framing + rate.packet_overhead
         if rate.cell_size:
             cells = math.ceil(length / rate.cell_size)
             length = cells * (rate.cell_size + rate.cell_overhead)

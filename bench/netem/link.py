@@ -17,13 +17,16 @@ and whether the run is valid. Modes:
     kernel TCP comparisons need root). ``port_for_client(server_port)`` opens a relay port.
 
 ``auto`` picks netem, else emulated when root with /dev/net/tun, else proxy. Namespaces are
-named ``utcpemu-<pid>-<n>c``/``...s`` and are deleted on exit, error or KeyboardInterrupt.
+named ``utcpemu-<pid>-<n>c``/``...s`` and are deleted on exit, error or KeyboardInterrupt;
+those of a process that was killed outright are deleted by the next ``open_link``.
 Addresses are in RFC 2544's benchmarking range 198.18.0.0/15: the client is
 :data:`CLIENT_ADDRESS`, the server :data:`SERVER_ADDRESS`.
 
 An emulated run is marked invalid when its busiest window's packet rate exceeds
-``max_load`` (80 %) of the forwarder's calibrated ceiling, or when the forwarder's p99
-release lateness exceeds ``timing_bound_us``: then the link, not the stacks, shaped the run.
+``max_load`` (80 %) of the forwarder's ceiling (the lower of the rate calibrated once per
+process and the packets this run moved per second of the forwarder's work), or when the
+forwarder's p99 release lateness exceeds ``timing_bound_us`` (1 ms): then the link, not the
+stacks, shaped the run.
 """
 
 from __future__ import annotations
@@ -53,13 +56,13 @@ PREFIX_LEN = 16  # 198.18.0.0/16: the whole other side is through the link
 NETNS_PREFIX = "utcpemu"
 TUN_NAME = "emu0"
 MTU = 1500
-DEFAULT_TIMING_BOUND_US = 5000
+DEFAULT_TIMING_BOUND_US = 1000
 DEFAULT_MAX_LOAD = 0.8
 _COMMAND_TIMEOUT = 10.0
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _counter = itertools.count()
 _netem_available: bool | None = None
-_ceiling: dict[str, float] | None = None
+_ceiling: dict[str, Any] | None = None
 
 
 class LinkUnavailable(Exception):
@@ -91,6 +94,7 @@ class LinkReport:
     valid: bool = True
     invalid_reason: str | None = None
     notes: list[str] = field(default_factory=list)
+    scheduling: str | None = None  # the forwarder's: "fifo" (SCHED_FIFO) or "normal"
     forward: dict[str, int] = field(default_factory=dict)  # client -> server queue counters
     reverse: dict[str, int] = field(default_factory=dict)  # server -> client
 
@@ -110,6 +114,22 @@ def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProc
 def _delete_netns(name: str) -> None:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         _run(["ip", "netns", "del", name], check=False)
+
+
+def remove_stale_namespaces() -> list[str]:
+    """Delete the namespaces of links whose process died without cleaning up (killed by
+    SIGKILL, say): ``utcpemu-<pid>-...`` where no process ``pid`` runs. Returns their names."""
+    done = _run(["ip", "netns", "list"], check=False)
+    stale = []
+    for line in done.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != NETNS_PREFIX or not parts[1].isdigit():
+            continue
+        if not os.path.exists(f"/proc/{parts[1]}"):
+            _delete_netns(name)
+            stale.append(name)
+    return stale
 
 
 def _can_use_namespaces() -> str | None:
@@ -158,12 +178,12 @@ def netem_available() -> bool:
     return _netem_available
 
 
-def forwarder_ceiling() -> dict[str, float]:
+def forwarder_ceiling() -> dict[str, Any]:
     """The forwarder's packet-rate ceiling on this machine, measured once per process."""
     global _ceiling
     if _ceiling is None:
         done = subprocess.run(
-            [sys.executable, "-m", "bench.netem.forwarder", "calibrate"],
+            [sys.executable, "-m", "bench.netem.forwarder", "calibrate", "--realtime"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -339,6 +359,7 @@ class Link:
         report.timing_error_p99_us = raw["timing_error_p99_us"]
         report.timing_error_max_us = raw["timing_error_max_us"]
         report.timing_bound_us = self.timing_bound_us
+        report.scheduling = raw["scheduling"]
         report.peak_pps = raw["peak_pps"]
         report.peak_busy = raw["peak_busy"]
         # The calibrated ceiling leaves out the kernel's work on each TUN write (the receiving
@@ -451,7 +472,7 @@ def _open_emulated(link: Link, seed: int) -> None:
             fds.append(_open_tun_in_netns(netns, TUN_NAME))
             _address(netns, TUN_NAME, address)
         link._ceiling = forwarder_ceiling()["ceiling_pps"]
-        argv = ["tun", "--fds", f"{fds[0]},{fds[1]}", "--seed", str(seed)]
+        argv = ["tun", "--fds", f"{fds[0]},{fds[1]}", "--seed", str(seed), "--realtime"]
         argv += ["--spec", link.spec, "--reverse-spec", link.reverse_spec]
         link._forwarder = _Forwarder(argv, pass_fds=fds)
     finally:
@@ -486,6 +507,8 @@ def open_link(
     if mode == "netem" and not netem_available():
         raise LinkUnavailable("this kernel has no sch_netem (tc answers 'unknown qdisc')")
     link = Link(mode, spec, reverse, timing_bound_us=timing_bound_us, max_load=max_load)
+    if mode != "proxy":
+        remove_stale_namespaces()
     try:
         if mode == "netem":
             _open_netem(link)
@@ -493,9 +516,8 @@ def open_link(
             _open_emulated(link, seed)
         else:
             link._ceiling = forwarder_ceiling()["ceiling_pps"]
-            link._forwarder = _Forwarder(
-                ["proxy", "--seed", str(seed), "--spec", spec, "--reverse-spec", reverse]
-            )
+            argv = ["proxy", "--seed", str(seed), "--spec", spec, "--reverse-spec", reverse]
+            link._forwarder = _Forwarder([*argv, "--realtime"])
         yield link
     finally:
         link._close()
