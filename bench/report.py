@@ -34,6 +34,8 @@ def num(value: Any) -> str:
         return "n/a"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
     v = float(value)
     if abs(v) >= 100:
         return f"{v:,.0f}"
