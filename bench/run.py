@@ -504,7 +504,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=(__doc__ or "").split("\n\n")[0],
-        epilog=f"groups: {', '.join(GROUPS)}; scenarios: {', '.join(SCENARIOS)}",
+        epilog=f"groups: {', '.join(GROUPS)}; scenarios: loopback, {', '.join(SCENARIOS)}",
     )
     parser.add_argument(
         "--scenarios",
