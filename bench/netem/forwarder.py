@@ -77,7 +77,7 @@ class TimingHistogram:
         self.total = 0
 
     def add(self, late_seconds: float) -> None:
-        us = max(0, int(late_seconds * 1e6))
+        us = max(0, round(late_seconds * 1e6))
         self.counts[us] = self.counts.get(us, 0) + 1
         self.total += 1
 
@@ -145,11 +145,34 @@ class LoadMeter:
         return self.packets_total / self.busy_total
 
 
-class TunForwarder:
+class _Relay:
+    """What both relays measure: release lateness, load, write errors."""
+
+    def __init__(self) -> None:
+        self.timing = TimingHistogram()
+        self.meter = LoadMeter()
+        self.write_errors = 0
+        self.scheduling = "normal"  # or "fifo" (SCHED_FIFO, see _realtime)
+
+    def _report(self, forward: NetemQueue[Any], reverse: NetemQueue[Any]) -> dict[str, Any]:
+        return {
+            "forward": forward.stats.to_dict(),
+            "reverse": reverse.stats.to_dict(),
+            "write_errors": self.write_errors,
+            "scheduling": self.scheduling,
+            "peak_pps": round(self.meter.peak_pps, 1),
+            "peak_busy": round(self.meter.peak_busy, 3),
+            "effective_ceiling_pps": self.meter.effective_ceiling(),
+            **self.timing.to_dict(),
+        }
+
+
+class TunForwarder(_Relay):
     """Moves packets between two descriptors (TUN devices, or datagram sockets when
     calibrating) through one :class:`NetemQueue` per direction."""
 
     def __init__(self, fd_a: int, fd_b: int, spec: str, reverse_spec: str, seed: int) -> None:
+        super().__init__()
         self.fds = (fd_a, fd_b)
         # A packet read from fd_a goes to fd_b through the forward queue, and back.
         self.queues: dict[int, NetemQueue[int]] = {
@@ -157,10 +180,6 @@ class TunForwarder:
             fd_b: NetemQueue(parse_spec(reverse_spec), seed=seed + 1, framing=TUN_FRAMING),
         }
         self.out = {fd_a: fd_b, fd_b: fd_a}
-        self.timing = TimingHistogram()
-        self.write_errors = 0
-        self.scheduling = "normal"  # or "fifo" (SCHED_FIFO, see _realtime)
-        self.meter = LoadMeter()
 
     def read_from(self, fd: int, now: float) -> int:
         queue, dst, clock = self.queues[fd], self.out[fd], time.monotonic
@@ -188,29 +207,14 @@ class TunForwarder:
         return min(dues, default=None)
 
     def report(self) -> dict[str, Any]:
-        forward, reverse = (self.queues[fd] for fd in self.fds)
-        return _report(forward.stats.to_dict(), reverse.stats.to_dict(), self, self.write_errors)
+        return self._report(self.queues[self.fds[0]], self.queues[self.fds[1]])
 
 
-def _report(
-    forward: dict[str, int], reverse: dict[str, int], owner: Any, write_errors: int
-) -> dict[str, Any]:
-    return {
-        "forward": forward,
-        "reverse": reverse,
-        "write_errors": write_errors,
-        "scheduling": owner.scheduling,
-        "peak_pps": round(owner.meter.peak_pps, 1),
-        "peak_busy": round(owner.meter.peak_busy, 3),
-        "effective_ceiling_pps": owner.meter.effective_ceiling(),
-        **owner.timing.to_dict(),
-    }
-
-
-class UdpProxy:
+class UdpProxy(_Relay):
     """The UDP impairment relay on 127.0.0.1 (module docstring, ``proxy``)."""
 
     def __init__(self, spec: str, reverse_spec: str, seed: int) -> None:
+        super().__init__()
         self.to_server: NetemQueue[socket.socket] = NetemQueue(
             parse_spec(spec), seed=seed, framing=PROXY_FRAMING
         )
@@ -221,10 +225,6 @@ class UdpProxy:
         self.upstreams: dict[tuple[int, tuple[str, int]], socket.socket] = {}
         # upstream descriptor -> (upstream socket, listening socket, client address)
         self.replies: dict[int, tuple[socket.socket, socket.socket, tuple[str, int]]] = {}
-        self.timing = TimingHistogram()
-        self.write_errors = 0
-        self.scheduling = "normal"  # or "fifo" (SCHED_FIFO, see _realtime)
-        self.meter = LoadMeter()
 
     def open_port(self, server_port: int) -> int:
         sock = _udp_socket()
@@ -251,7 +251,7 @@ class UdpProxy:
                     upstream.connect(("127.0.0.1", server_port))
                     self.upstreams[(fd, client)] = upstream
                     self.replies[upstream.fileno()] = (upstream, sock, client)
-                self.to_server.enqueue(data, now, upstream)
+                self.to_server.enqueue(data, time.monotonic() if count else now, upstream)
             return _BATCH
         upstream_sock, listener, client = self.replies[fd]
         back = (listener, client)
@@ -262,7 +262,7 @@ class UdpProxy:
                 return count
             except OSError:
                 continue
-            self.to_client.enqueue(data, now, back)
+            self.to_client.enqueue(data, time.monotonic() if count else now, back)
         return _BATCH
 
     def flush(self, now: float) -> None:
@@ -285,12 +285,7 @@ class UdpProxy:
         return min(dues, default=None)
 
     def report(self) -> dict[str, Any]:
-        return _report(
-            self.to_server.stats.to_dict(),
-            self.to_client.stats.to_dict(),
-            self,
-            self.write_errors,
-        )
+        return self._report(self.to_server, self.to_client)
 
 
 def _udp_socket() -> socket.socket:
@@ -307,8 +302,7 @@ def _serve(
     on_command: Callable[[str], str | None],
 ) -> None:
     """The event loop: wait for packets, the next release time or a control line."""
-    control = sys.stdin.buffer.raw if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
-    control_fd = control.fileno()
+    control_fd = sys.stdin.fileno()
     pending = b""
     _say("ready")
     while True:

@@ -22,11 +22,12 @@ those of a process that was killed outright are deleted by the next ``open_link`
 Addresses are in RFC 2544's benchmarking range 198.18.0.0/15: the client is
 :data:`CLIENT_ADDRESS`, the server :data:`SERVER_ADDRESS`.
 
-An emulated run is marked invalid when its busiest window's packet rate exceeds
-``max_load`` (80 %) of the forwarder's ceiling (the lower of the rate calibrated once per
-process and the packets this run moved per second of the forwarder's work), or when the
-forwarder's p99 release lateness exceeds ``timing_bound_us`` (1 ms): then the link, not the
-stacks, shaped the run.
+An emulated run is marked invalid when a TUN device's queue overflowed (the forwarder fell
+behind and the kernel dropped packets the spec did not), when its busiest window's packet
+rate exceeds ``max_load`` (80 %) of the forwarder's ceiling (the lower of the rate
+calibrated once per process and the packets this run moved per second of the forwarder's
+work), or when the forwarder's p99 release lateness exceeds ``timing_bound_us`` (1 ms):
+then the link, not the stacks, shaped the run.
 """
 
 from __future__ import annotations
@@ -335,6 +336,8 @@ class Link:
         raw = self._final
         if raw is None and self._forwarder is not None:
             raw = json.loads(self._forwarder.ask("stats"))
+            if self.mode == "emulated":
+                raw["tun_queue_dropped"] = self._tun_queue_dropped()
         if raw is None:
             report.valid = False
             report.invalid_reason = "the forwarder gave no report"
@@ -352,6 +355,9 @@ class Link:
             "limit": fwd["dropped_limit"] + rev["dropped_limit"],
             "write_error": raw["write_errors"],
         }
+        tun_dropped = raw.get("tun_queue_dropped")
+        if tun_dropped is not None:
+            report.drops["tun_queue"] = tun_dropped
         report.duplicates = fwd["duplicated"] + rev["duplicated"]
         report.reordered = fwd["reordered"] + rev["reordered"]
         report.corrupted = fwd["corrupted"] + rev["corrupted"]
@@ -374,6 +380,10 @@ class Link:
             reasons.append(
                 f"peak {raw['peak_pps']:.0f} pkt/s is above {self.max_load:.0%} of the "
                 f"forwarder's ceiling ({ceiling:.0f} pkt/s)"
+            )
+        if tun_dropped:
+            reasons.append(
+                f"{tun_dropped} packets overflowed a TUN queue before the forwarder read them"
             )
         if raw["timing_error_p99_us"] > self.timing_bound_us:
             reasons.append(
@@ -401,11 +411,28 @@ class Link:
         report.packets = report.delivered + report.drops.get("qdisc", 0)
         report.notes.append("kernel sch_netem: timing error and ceiling are the kernel's")
 
+    def _tun_queue_dropped(self) -> int | None:
+        """Packets the kernel dropped because a TUN device's queue was full (the forwarder
+        fell behind): the devices' tx_dropped, client and server. None if unreadable."""
+        total = 0
+        for netns in (self.client_netns, self.server_netns):
+            if netns is None:
+                return None
+            done = _run(["ip", "-n", netns, "-s", "-j", "link", "show", TUN_NAME], check=False)
+            try:
+                total += int(json.loads(done.stdout)[0]["stats64"]["tx"]["dropped"])
+            except (ValueError, IndexError, KeyError, TypeError):
+                return None
+        return total
+
     def _close(self) -> None:
         try:
             if self._forwarder is not None:
                 forwarder, self._forwarder = self._forwarder, None
+                tun_dropped = self._tun_queue_dropped() if self.mode == "emulated" else None
                 self._final = forwarder.stop()
+                if self._final is not None:
+                    self._final["tun_queue_dropped"] = tun_dropped
         finally:
             for netns in (self.client_netns, self.server_netns):
                 if netns is not None:

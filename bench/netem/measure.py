@@ -63,6 +63,7 @@ def measure(rate: float, seconds: float, spec: str, sender_fifo: bool) -> dict[s
             report.timing_error_p99_us,
             report.timing_error_max_us,
         ],
+        "drops": report.drops,
         "peak_pps": report.peak_pps,
         "ceiling_pps": report.ceiling_pps,
         "calibrated_ceiling_pps": report.calibrated_ceiling_pps,

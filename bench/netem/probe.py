@@ -96,6 +96,8 @@ def udp_ping(
         "lost": count - len(rtts),
         "reordered": reordered,
         "rtt_median_ms": values[len(values) // 2] * 1e3 if values else None,
+        "rtt_p10_ms": values[len(values) // 10] * 1e3 if values else None,
+        "rtt_p90_ms": values[len(values) * 9 // 10] * 1e3 if values else None,
         "rtt_min_ms": values[0] * 1e3 if values else None,
         "rtt_max_ms": values[-1] * 1e3 if values else None,
     }
