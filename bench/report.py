@@ -79,9 +79,10 @@ def rows_for(bulk_tests: list[str], ccs: list[str]) -> list[Row]:
         Row("100 KB response p50, ms", "msg100k", "p50_ms"),
         Row("100 KB response p99, ms", "msg100k", "p99_ms"),
     ]
-    for test in bulk_tests:
+    for i, test in enumerate(bulk_tests):
         label = BULK_LABELS.get(test, test)
-        rows.append(Row(f"bulk {label} goodput, Mbit/s", test, "Mbit_s", udp_test="blast"))
+        blast = "blast" if i == 0 else None  # the raw UDP blast figure, once
+        rows.append(Row(f"bulk {label} goodput, Mbit/s", test, "Mbit_s", udp_test=blast))
         rows.append(
             Row(
                 f"bulk {label}: retransmitted bytes / spurious retransmissions",
@@ -208,7 +209,8 @@ def markdown(cond: Json, scenarios: list[Scenario], records: list[Json], links: 
         f"- Python {cond['python']} ({cond['implementation']}), trio {cond['trio']}, "
         f"Linux {cond['kernel']}, {cond['cpu_count']} CPUs ({cond['cpu_model']})",
         f"- load average at start {cond['loadavg_start']}, at end {cond.get('loadavg_end')}",
-        f"- kernel TCP congestion control `{cond['kernel_tcp_cc']}`; utcp Nagle off (as trio "
+        f"- kernel TCP congestion control `{cond['kernel_tcp_cc']}` on both ends (system "
+        f"default `{cond.get('kernel_tcp_cc_system_default')}`); utcp Nagle off (as trio "
         f"sets TCP_NODELAY), controllers {', '.join(cond['utcp_ccs'])} under load, cubic "
         "otherwise",
         f"- echoes: up to {p['echo_count']} round trips or {p['echo_seconds']} s; setup: "
@@ -223,8 +225,7 @@ def markdown(cond: Json, scenarios: list[Scenario], records: list[Json], links: 
     for scenario in scenarios:
         mine = [link for link in links if link["scenario"] == scenario.name]
         mode = mine[0].get("mode", "?") if mine else "not run"
-        spec = "127.0.0.1, no emulated link" if scenario.spec is None else f"`{scenario.spec}`"
-        out.append(f"## {scenario.name}: {spec} ({mode})")
+        out.append(f"## {scenario.name}: {spec_text(scenario.spec)} ({mode})")
         out.append("")
         if mine:
             out.append(
@@ -249,6 +250,12 @@ def markdown(cond: Json, scenarios: list[Scenario], records: list[Json], links: 
             out += scenario_table(scenario, recs, rows, mode == "proxy")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def spec_text(spec: str | None) -> str:
+    if spec is None:
+        return "127.0.0.1, no emulated link"
+    return f"`{spec}`" if spec else 'no impairment (`""`)'
 
 
 def summarise(report: Json) -> str:
@@ -319,8 +326,7 @@ def plots(
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("64 B echo round trip, ms (log)")
         ax.set_ylabel("fraction of round trips")
-        spec = "loopback" if scenario.spec is None else scenario.spec or "clean link"
-        ax.set_title(f"{name}: {spec}", fontsize=10)
+        ax.set_title(f"{name}: {spec_text(scenario.spec).replace('`', '')}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
         path = out_dir / f"cdf_{slug(name)}.png"
@@ -337,7 +343,8 @@ def plots(
 def goodput_vs_loss(
     plt: Any, out_dir: Path, by_name: dict[str, Scenario], recs: dict[tuple[str, str, str], Json]
 ) -> Path | None:
-    """Bulk goodput (the largest transfer measured) against the spec's mean loss rate, one
+    """Bulk goodput (the largest transfer of the profile; no point where its link was
+    invalid) against the spec's mean loss rate, one
     line per RTT and stack; rate-capped scenarios are left out (the cap, not loss, limits
     them), Gilbert-Elliott bursts are separate markers."""
     points: dict[tuple[int, str, bool], list[tuple[float, float]]] = {}
@@ -348,10 +355,12 @@ def goodput_vs_loss(
         for stack in ("utcp", "kernel"):
             for test in ("bulk100", "bulk10", "bulk1"):
                 rec = recs.get((name, stack, test))
-                if rec is not None and usable(rec) and rec.get("Mbit_s") is not None:
+                if rec is None:
+                    continue
+                if usable(rec) and rec.get("Mbit_s") is not None:
                     key = (rtt_ms, stack, scenario.bursty)
                     points.setdefault(key, []).append((100 * scenario.mean_loss, rec["Mbit_s"]))
-                    break
+                break  # the largest transfer measured, or no point
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -51,6 +51,9 @@ from .workloads import Params, time_bound
 
 MODES = ("auto", "netem", "emulated", "proxy")
 UTCP_CCS = ("cubic", "newreno", "ledbat")
+# Kernel TCP runs CUBIC, utcp's default controller, whatever the system default is (BBR on
+# some machines, this one included): like for like, and Linux's own default.
+KERNEL_CC = "cubic"
 LOOPBACK_TESTS = ("bulk", "echo64")
 KERNEL_NEEDS_ROOT = (
     "kernel TCP comparisons need root (network namespaces joined by netem or the emulator); "
@@ -211,7 +214,8 @@ class Server:
 
 
 def workload_cmd(role: str, stack: str, host: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bench.workloads", role, "--stack", stack, "--host", host, *extra]
+    cmd = [sys.executable, "-m", "bench.workloads", role, "--stack", stack, "--host", host]
+    return [*cmd, "--kernel-cc", KERNEL_CC, *extra]
 
 
 def run_stack(link: LinkLike, stack: str, tests: list[str], params: Params) -> list[Json]:
@@ -444,7 +448,8 @@ def conditions(args: argparse.Namespace, profile: Profile, scenarios: list[Scena
         "loadavg_start": loadavg(),
         "root": hasattr(os, "geteuid") and os.geteuid() == 0,
         "requested_mode": args.mode,
-        "kernel_tcp_cc": cc_file.read_text().strip() if cc_file.exists() else None,
+        "kernel_tcp_cc": KERNEL_CC,
+        "kernel_tcp_cc_system_default": cc_file.read_text().strip() if cc_file.exists() else None,
         "packages": {n: package_version(n) for n in ("aioquic", "matplotlib")},
         "profile": profile.name,
         "params": dataclasses.asdict(profile.params),

@@ -9,7 +9,8 @@ subprocesses inside the link's two hosts (network namespaces) or on 127.0.0.1.
         test that failed), then exits.
 
 Stacks: ``utcp`` (``utcp.open_tcp_stream``/``utcp.serve_tcp``, Nagle off as on every
-``trio.SocketStream``), ``kernel`` (``trio.open_tcp_stream``/``trio.serve_tcp``) and
+``trio.SocketStream``), ``kernel`` (``trio.open_tcp_stream``/``trio.serve_listeners``,
+both ends pinned to ``--kernel-cc`` when given) and
 ``udp`` (raw ``trio.socket`` UDP: the floor any UDP stack pays).
 
 Stream tests (``utcp``, ``kernel``); times from ``time.perf_counter``:
@@ -135,9 +136,11 @@ async def server_main(args: argparse.Namespace) -> None:
                 port = sock.getsockname()[1]
                 nursery.start_soon(serve_udp, sock)
             elif args.stack == "kernel":
-                listeners = await nursery.start(
-                    functools.partial(trio.serve_tcp, serve_stream, args.port, host=args.host)
-                )
+                listeners = await trio.open_tcp_listeners(args.port, host=args.host)
+                for listener in listeners:
+                    # Accepted connections inherit the listener's congestion control.
+                    set_kernel_cc(listener.socket, args.kernel_cc)
+                nursery.start_soon(trio.serve_listeners, serve_stream, listeners)
                 port = listeners[0].socket.getsockname()[1]
             else:
                 serve = functools.partial(
@@ -156,6 +159,12 @@ async def server_main(args: argparse.Namespace) -> None:
             nursery.start_soon(watch_signals)
             await trio.sleep(SERVER_MAX_LIFETIME)
             nursery.cancel_scope.cancel()
+
+
+def set_kernel_cc(sock: trio.socket.SocketType, cc: str) -> None:
+    """Pin a kernel TCP socket's congestion controller (``""``: the system's default)."""
+    if cc:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, cc.encode())
 
 
 def utcp_config(cc: str | None = None) -> utcp.Config:
@@ -504,7 +513,7 @@ async def udp_blast(addr: tuple[str, int], p: Params, family: int) -> Json:
 
 
 def stream_connector(
-    stack: str, host: str, port: int, tcp_port: int, cc: str | None = None
+    stack: str, host: str, port: int, tcp_port: int, cc: str | None = None, kernel_cc: str = ""
 ) -> Connect:
     """Connections to ``host``:``port``. For utcp, ``tcp_port`` is the server's TCP port
     when it differs from the UDP ``port`` (a UDP proxy relays between them): then each
@@ -522,7 +531,9 @@ def stream_connector(
             )
         if stack == "utcp":
             return await utcp.open_tcp_stream(host, port, config=config)
-        return await trio.open_tcp_stream(host, port)
+        stream = await trio.open_tcp_stream(host, port)
+        set_kernel_cc(stream.socket, kernel_cc)  # before any data: it applies from here on
+        return stream
 
     return connect
 
@@ -537,7 +548,7 @@ async def run_test(args: argparse.Namespace, p: Params, test: str) -> Json:
             return await udp_blast(addr, p, family)
         raise ValueError(f"no UDP test {test!r}")
     tcp_port = args.tcp_port or args.port
-    connect = stream_connector(args.stack, args.host, args.port, tcp_port)
+    connect = stream_connector(args.stack, args.host, args.port, tcp_port, None, args.kernel_cc)
     if test == "setup":
         return await measure_setup(connect, p)
     if test in ("echo64", "echo4k"):
@@ -607,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tcp-port", type=int, default=0, help="the server's, if not --port")
+    parser.add_argument("--kernel-cc", default="", help="kernel TCP's congestion control")
     parser.add_argument("--tests", default="")
     parser.add_argument("--params", default="")
     args = parser.parse_args(argv)
