@@ -299,6 +299,7 @@ class Link:
         self._final: dict[str, Any] | None = None
         self._ports: dict[int, int] = {}
         self._ceiling: float | None = None
+        self._netem_final: LinkReport | None = None  # read before the namespaces go
 
     def client_cmd(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run on the client host."""
@@ -331,6 +332,8 @@ class Link:
         if self.mode == "proxy":
             report.notes.append("kernel TCP comparisons need root (proxy mode carries UDP only)")
         if self.mode == "netem":
+            if self._netem_final is not None:
+                return self._netem_final
             self._fill_from_tc(report)
             return report
         raw = self._final
@@ -427,6 +430,8 @@ class Link:
 
     def _close(self) -> None:
         try:
+            if self.mode == "netem" and self.client_netns is not None:
+                self._netem_final = self.report()
             if self._forwarder is not None:
                 forwarder, self._forwarder = self._forwarder, None
                 tun_dropped = self._tun_queue_dropped() if self.mode == "emulated" else None

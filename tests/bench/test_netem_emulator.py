@@ -206,7 +206,7 @@ def test_reorder_sends_the_chosen_fraction_at_once_ahead_of_delayed_packets() ->
 def test_reorder_gap_delays_gap_minus_one_packets_between_reorders() -> None:
     # gap 5: after a reordered packet the next four are always delayed, then each one is
     # reordered with 25 %: one reorder per 4 + 1/0.25 packets on average.
-    n = 40_000
+    n = 20_000
     queue, released = _run("delay 10ms reorder 25% gap 5", n)
     immediate = sorted(tag for due, _p, tag in released if due == pytest.approx(tag * 1e-3))
     assert min(b - a for a, b in itertools.pairwise(immediate)) >= 5

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -315,3 +316,62 @@ def test_kernel_tcp_through_every_impairment_delivers_intact() -> None:
     assert (received["bytes"], received["sha256"]) == (size, sent["sha256"])
     assert report.drops["loss"] > 0 and report.duplicates > 0 and report.reordered > 0
     assert report.corrupted > 0
+
+
+class _FakeIp:
+    """Stands in for link._run: records each command, answers tc's JSON statistics."""
+
+    def __init__(self, tc_answer: int = 0) -> None:
+        self.commands: list[list[str]] = []
+        self.tc_answer = tc_answer
+
+    def __call__(
+        self, argv: Sequence[str], *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        self.commands.append(argv)
+        stdout, code = "", 0
+        if argv[:1] == ["tc"] and "qdisc" in argv and "add" in argv:
+            code = self.tc_answer
+        if argv[:1] == ["tc"] and "-s" in argv:
+            stdout = json.dumps([{"kind": "netem", "packets": 40, "drops": 2}])
+        return subprocess.CompletedProcess(argv, code, stdout, "Error: Unknown qdisc")
+
+
+def test_netem_mode_joins_the_namespaces_by_a_veth_with_netem_on_each_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = _FakeIp()
+    monkeypatch.setattr(link_module, "_run", fake)
+    link = Link("netem", "delay 25ms loss 1%", "delay 25ms")
+    link_module._open_netem(link)
+    client, server = link.client_netns, link.server_netns
+    assert client is not None and server is not None and client.startswith(OUR_NETNS)
+    commands = fake.commands
+    assert ["ip", "netns", "add", client] in commands and ["ip", "netns", "add", server] in commands
+    veth = ["ip", "-n", client, "link", "add", "vc", "type", "veth", "peer", "name", "vs"]
+    assert [*veth, "netns", server] in commands  # created inside, never in the host
+    assert ["ip", "-n", client, "addr", "add", "198.18.1.1/16", "dev", "vc"] in commands
+    assert ["ip", "-n", server, "addr", "add", "198.18.2.1/16", "dev", "vs"] in commands
+    netem = ["tc", "-n", client, "qdisc", "add", "dev", "vc", "root", "netem"]
+    assert [*netem, "limit", "1000", "delay", "25000us", "loss", "random", "1%"] in commands
+    netem = ["tc", "-n", server, "qdisc", "add", "dev", "vs", "root", "netem"]
+    assert [*netem, "limit", "1000", "delay", "25000us"] in commands
+    assert link.server_host == link.client_connect_host == "198.18.2.1"
+    report = link.report()
+    assert report.packets == 84 and report.delivered == 80 and report.drops == {"qdisc": 4}
+    link._close()  # the counters are read before the namespaces are deleted
+    assert ["ip", "netns", "del", client] in fake.commands
+    assert link.report() == report
+
+
+def test_netem_detection_reads_tcs_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(link_module, "_can_use_namespaces", lambda: None)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
+    for answer, expected in ((2, False), (0, True)):
+        fake = _FakeIp(tc_answer=answer)
+        monkeypatch.setattr(link_module, "_run", fake)
+        monkeypatch.setattr(link_module, "_netem_available", None)
+        assert link_module.netem_available() is expected
+        probe = fake.commands[0][-1]
+        assert fake.commands[-1] == ["ip", "netns", "del", probe]  # the probe is removed
