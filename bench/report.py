@@ -208,7 +208,8 @@ def markdown(cond: Json, scenarios: list[Scenario], records: list[Json], links: 
         f"`{cond['profile']}`",
         f"- Python {cond['python']} ({cond['implementation']}), trio {cond['trio']}, "
         f"Linux {cond['kernel']}, {cond['cpu_count']} CPUs ({cond['cpu_model']})",
-        f"- load average at start {cond['loadavg_start']}, at end {cond.get('loadavg_end')}",
+        f"- load average (1, 5, 15 min) at start {loads(cond['loadavg_start'])}, at end "
+        f"{loads(cond.get('loadavg_end'))}",
         f"- kernel TCP congestion control `{cond['kernel_tcp_cc']}` on both ends (system "
         f"default `{cond.get('kernel_tcp_cc_system_default')}`); utcp Nagle off (as trio "
         f"sets TCP_NODELAY), controllers {', '.join(cond['utcp_ccs'])} under load, cubic "
@@ -229,7 +230,8 @@ def markdown(cond: Json, scenarios: list[Scenario], records: list[Json], links: 
         out.append("")
         if mine:
             out.append(
-                f"load average {mine[0].get('loadavg_start')} -> {mine[-1].get('loadavg_end')}; "
+                f"load average {loads(mine[0].get('loadavg_start'))} -> "
+                f"{loads(mine[-1].get('loadavg_end'))}; "
                 f"{len(mine)} links, one per group of tests"
             )
             out.append("")
@@ -250,6 +252,10 @@ def markdown(cond: Json, scenarios: list[Scenario], records: list[Json], links: 
             out += scenario_table(scenario, recs, rows, mode == "proxy")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def loads(values: list[float] | None) -> str:
+    return "n/a" if not values else " / ".join(f"{v:.2f}" for v in values)
 
 
 def spec_text(spec: str | None) -> str:

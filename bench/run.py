@@ -492,17 +492,40 @@ def run(args: argparse.Namespace) -> int:
             links += scenario_links
         cond["loadavg_end"] = loadavg()
         out.write(json.dumps({"kind": "end", "loadavg_end": cond["loadavg_end"]}) + "\n")
-    (out_dir / "results.md").write_text(report.markdown(cond, scenarios, all_records, links))
-    print(f"wrote {out_dir / 'results.jsonl'} and {out_dir / 'results.md'}", file=log)
-    plotted = report.plots(out_dir / "plots", scenarios, all_records, slug)
-    if plotted is None:
-        print("matplotlib is not installed: plots skipped (pip install 'trio-utcp[bench]')")
-    else:
-        print(f"wrote {len(plotted)} plots in {out_dir / 'plots'}", file=log)
+    render(out_dir, cond, scenarios, all_records, links)
     if mode == "proxy":
         print(KERNEL_NEEDS_ROOT)
     failures = sum("error" in r for r in all_records) + sum("error" in k for k in links)
     return 1 if failures else 0
+
+
+def render(
+    out_dir: Path, cond: Json, scenarios: list[Scenario], records: list[Json], links: list[Json]
+) -> None:
+    """results.md and plots/ from the run's records."""
+    log = sys.stderr
+    (out_dir / "results.md").write_text(report.markdown(cond, scenarios, records, links))
+    print(f"wrote {out_dir / 'results.jsonl'} and {out_dir / 'results.md'}", file=log)
+    plotted = report.plots(out_dir / "plots", scenarios, records, slug)
+    if plotted is None:
+        print("matplotlib is not installed: plots skipped (pip install 'trio-utcp[bench]')")
+    else:
+        print(f"wrote {len(plotted)} plots in {out_dir / 'plots'}", file=log)
+
+
+def rerender(out_dir: Path) -> int:
+    """``--render``: rebuild results.md and plots/ from an earlier run's results.jsonl."""
+    lines = (out_dir / "results.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    cond = rows[0]
+    for row in rows:
+        if row["kind"] == "end":
+            cond["loadavg_end"] = row["loadavg_end"]
+    scenarios = [Scenario(s["name"], s["spec"]) for s in cond["scenarios"]]
+    records = [r for r in rows if r["kind"] == "measurement"]
+    links = [r for r in rows if r["kind"] == "link"]
+    render(out_dir, cond, scenarios, records, links)
+    return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -519,6 +542,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="CI-sized: under 2 minutes")
     parser.add_argument("--out", required=True, help="directory for results.jsonl/.md, plots/")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="measure nothing: rebuild results.md and plots/ from --out's results.jsonl",
+    )
     parser.add_argument("--mode", choices=MODES, default="auto", help="how links are made")
     args = parser.parse_args(argv)
     try:
@@ -529,4 +557,5 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    return rerender(Path(args.out)) if args.render else run(args)
