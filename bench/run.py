@@ -18,6 +18,7 @@ timing off) is flagged in the table and its figures are not reported as results.
     sudo .venv/bin/python -m bench --out /tmp/bench                  # the "full" group
     sudo .venv/bin/python -m bench --scenarios rtt-loss --out /tmp/sweep
     .venv/bin/python -m bench --scenarios "delay 40ms loss 3%" --mode proxy --out /tmp/p
+    .venv/bin/python -m bench --render --out /tmp/bench      # redo results.md and plots/
 """
 
 from __future__ import annotations
