@@ -11,8 +11,9 @@ stack in the server host and runs that stack's client in the client host
 Outputs in ``--out``: ``results.jsonl`` (the conditions, every measurement, every link
 report), ``results.md`` (a table per scenario with utcp/kernel ratios) and ``plots/*.png``
 (latency CDFs per scenario, goodput vs loss per RTT; needs matplotlib, the ``bench``
-extra). A scenario whose link report is invalid (the emulator near its ceiling, or its
-timing off) is flagged in the table and its figures are not reported as results.
+extra). Each group of tests runs on a link of its own; a figure whose link report is
+invalid (the emulator near its ceiling, or its timing off) is flagged in the table and
+left out of the plots, not reported as a result.
 
     sudo .venv/bin/python -m bench --quick --out /tmp/bench-quick    # under 2 minutes
     sudo .venv/bin/python -m bench --out /tmp/bench                  # the "full" group
@@ -55,7 +56,7 @@ UTCP_CCS = ("cubic", "newreno", "ledbat")
 # Kernel TCP runs CUBIC, utcp's default controller, whatever the system default is (BBR on
 # some machines, this one included): like for like, and Linux's own default.
 KERNEL_CC = "cubic"
-LOOPBACK_TESTS = ("bulk", "echo64")
+QUIC_TESTS = ("bulk", "echo64")
 KERNEL_NEEDS_ROOT = (
     "kernel TCP comparisons need root (network namespaces joined by netem or the emulator); "
     "this run measures utcp and raw UDP through the UDP proxy only"
@@ -96,8 +97,9 @@ QUICK = Profile(
 )
 FULL = Profile(
     "full",
-    # Sized so the default group (loopback and six emulated scenarios) takes about 13
-    # minutes on 2 busy cores: every transfer is bounded by time, not by its size.
+    # Sized so the default group (loopback and six emulated scenarios) takes about 15
+    # minutes on 2 busy cores (17 with the burst scenario's 30 s connection timeouts):
+    # every transfer is bounded by time, not by its size.
     Params(
         setup_count=8,
         echo_count=500,
@@ -136,7 +138,7 @@ def planned_tests(profile: Profile, scenario: Scenario, stack: str) -> list[str]
     """Every test of ``stack`` in ``scenario`` (what a complete result file holds)."""
     if scenario.spec is None:
         if stack == "quic":
-            return list(LOOPBACK_TESTS)
+            return list(QUIC_TESTS)
         return ["blast" if stack == "udp" else profile.loopback_bulk, "echo64"]
     if stack == "udp":
         return ["echo64", "blast"]
@@ -309,7 +311,7 @@ def run_quic(profile: Profile, params: Params) -> list[Json]:
                     | {"p50_ms": r["p50_us"] / 1e3, "p99_ms": r["p99_us"] / 1e3}
                 )
     seen = {r["test"] for r in records}
-    for test in LOOPBACK_TESTS:
+    for test in QUIC_TESTS:
         if test not in seen:
             records.append({"test": test, "stack": "quic", "error": "bench_compare gave no result"})
     return records
