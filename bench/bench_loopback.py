@@ -45,39 +45,45 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trio
 
+# This tree first: its utcp, and the bench package the harness shares with this script.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import utcp
+from bench.common import (
+    CHUNK,
+    UDP_DATA,
+    UDP_FINISH,
+    UDP_PING,
+    UDP_REPORT,
+    UDP_START,
+    UDP_STARTED,
+    Json,
+    cpu_seconds,
+    emit,
+    git_describe,
+    percentile,
+    receive_exactly,
+    serve_stream,
+    serve_udp,
+    udp_request,
+)
 
 HOST = "127.0.0.1"  # the benchmark never talks to anything but the loopback interface
 SYSTEMS = ("utcp", "kernel", "udp")
 TESTS = ("bulk", "echo")
 # Client-only tests the multi-core bench (bench_targets.py) runs against several servers.
 EXTRA_TESTS = ("handshake",)
-CHUNK = 65536  # application write/read size of the stream systems
 UDP_DATAGRAM = 1400  # bytes per datagram of the raw UDP bulk test (1 type byte + payload)
 ECHO_SIZE = 64
 MB = 10**6
 SOCKET_BUFFER = 4 << 20  # what utcp's UdpTransport asks for; the raw UDP test does too
 SERVER_MAX_LIFETIME = 3600.0  # a server left behind by accident exits on its own
 
-# UDP message types (first byte of each datagram).
-UDP_START, UDP_STARTED, UDP_DATA, UDP_FINISH, UDP_REPORT, UDP_PING = b"SsDFRP"
-
-Json = dict[str, Any]
-
 
 # ================================================================= helpers
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..1) of an already sorted, non-empty list."""
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 def parse_config_value(text: str) -> object:
@@ -139,10 +145,6 @@ def maybe_profile(path: str | None) -> Iterator[None]:
         profiler.dump_stats(path)
 
 
-def emit(record: Json) -> None:
-    print(json.dumps(record), flush=True)
-
-
 def cpu_now() -> float:
     """User + system CPU seconds of this process so far (``resource.getrusage``)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -169,80 +171,6 @@ def transport_stats(endpoints: list[utcp.Endpoint]) -> Json | None:
 
 
 # ================================================================= servers
-
-
-async def serve_stream(stream: trio.abc.HalfCloseableStream) -> None:
-    """Per connection: the first byte picks the mode. ``B``: count bytes until EOF, answer
-    with the count (8 bytes) and close. ``E``: echo everything until EOF."""
-    try:
-        async with stream:
-            first = await stream.receive_some(CHUNK)
-            if not first:
-                return
-            mode, rest = first[:1], first[1:]
-            if mode == b"B":
-                total = len(rest)
-                while True:
-                    data = await stream.receive_some(CHUNK)
-                    if not data:
-                        break
-                    total += len(data)
-                await stream.send_all(struct.pack("!Q", total))
-                await stream.send_eof()
-            elif mode == b"E":
-                if rest:
-                    await stream.send_all(rest)
-                while True:
-                    data = await stream.receive_some(CHUNK)
-                    if not data:
-                        break
-                    await stream.send_all(data)
-                await stream.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        print(f"bench server: connection broken: {exc!r}", file=sys.stderr)
-
-
-@dataclass
-class UdpSession:
-    """What the UDP sink counted for one client address."""
-
-    datagrams: int = 0
-    payload_bytes: int = 0
-    first: float = 0.0
-    last: float = 0.0
-
-
-async def serve_udp(sock: trio.socket.SocketType) -> None:
-    """The raw UDP side: count ``D`` datagrams between ``S`` and ``F``, echo ``P`` ones."""
-    sessions: dict[Any, UdpSession] = {}
-    while True:
-        data, addr = await sock.recvfrom(65536)
-        if not data:
-            continue
-        kind = data[0]
-        if kind == UDP_DATA:
-            s = sessions.get(addr)
-            if s is None:
-                continue
-            now = time.perf_counter()
-            if not s.datagrams:
-                s.first = now
-            s.last = now
-            s.datagrams += 1
-            s.payload_bytes += len(data) - 1
-        elif kind == UDP_PING:
-            await sock.sendto(data, addr)
-        elif kind == UDP_START:
-            sessions[addr] = UdpSession()
-            await sock.sendto(bytes([UDP_STARTED]), addr)
-        elif kind == UDP_FINISH:
-            s = sessions.get(addr, UdpSession())
-            report = {
-                "datagrams": s.datagrams,
-                "bytes": s.payload_bytes,
-                "seconds": s.last - s.first,
-            }
-            await sock.sendto(bytes([UDP_REPORT]) + json.dumps(report).encode(), addr)
 
 
 async def server_main(args: argparse.Namespace) -> None:
@@ -313,16 +241,6 @@ async def server_main(args: argparse.Namespace) -> None:
 
 
 # ================================================================= clients
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = await stream.receive_some(size - len(buf))
-        if not chunk:
-            raise EOFError(f"EOF after {len(buf)} of {size} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 def stream_stats(stream: trio.abc.Stream) -> Json | None:
@@ -441,20 +359,6 @@ async def stream_echo(connect: Connect, count: int, warmup: int) -> Json:
     return record
 
 
-async def udp_request(
-    sock: trio.socket.SocketType, addr: tuple[str, int], msg: bytes, reply_kind: int
-) -> bytes:
-    """Send ``msg`` until a reply of ``reply_kind`` comes back (20 tries, 0.25 s apart)."""
-    for _ in range(20):
-        await sock.sendto(msg, addr)
-        with trio.move_on_after(0.25):
-            while True:
-                data = await sock.recv(65536)
-                if data and data[0] == reply_kind:
-                    return data
-    raise TimeoutError(f"no {chr(reply_kind)!r} reply from the UDP server")
-
-
 async def udp_bulk(port: int, nbytes: int) -> Json:
     """Blast ``nbytes`` of payload in 1400-byte datagrams; the receiver reports what it got
     and over how long (first to last arrival). Sent as fast as trio lets us: whatever the
@@ -560,15 +464,6 @@ def run_client_role(args: argparse.Namespace) -> int:
 # ================================================================= orchestrator
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of process ``pid`` so far (Linux /proc; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 class Server:
     """One ``--role server`` subprocess; ``stop()`` terminates it by PID (then kills it)."""
 
@@ -653,26 +548,6 @@ def run_client(
             record["server_sys_s"] = round(after["sys_s"] - before["sys_s"], 4)
         record["server_transport"] = after.get("transport")
     return record
-
-
-def git_describe() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--", "utcp"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return f"{rev}{'+dirty utcp/' if dirty else ''}" if rev else None
 
 
 def conditions(args: argparse.Namespace) -> Json:
