@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from ._config import Config
 from ._connection import Connection
 from ._errors import KernelError
-from ._limits import ChallengeAckLimit, PerSourceBuckets, TokenBucket
+from ._limits import ChallengeAckLimit, PerSourceBuckets, TokenBucket, connection_memory
 from ._seq import seq_gt
 from ._state import SYNCHRONIZED, State
 from ._syncookies import (
@@ -242,6 +242,11 @@ class Host:
         for port in list(self.listeners):
             self.unlisten(port, now)
         self._settle(now)
+
+    def memory_charged(self) -> int:
+        """The memory all connections hold, as ``_limits.connection_memory`` charges it (a
+        walk over every connection: for statistics, not for each datagram)."""
+        return sum(connection_memory(conn) for conn in self.connections.values())
 
     def _pick_local_port(self, remote: Address, rport: int) -> int:
         # By default a client's TCP port is its UDP port (WIRE.md); further connections to
