@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import ipaddress
 import itertools
 import logging
 from collections import deque
@@ -89,6 +90,16 @@ class HostStats:
     kernel_errors_unmatched: int = 0  # of which: no connection (or several) to blame
     kernel_errors_ignored: int = 0  # of which: the connection had no such segment in flight
     drops: dict[str, int] = field(default_factory=dict)
+
+
+def _is_loopback(ip: str) -> bool:
+    """A loopback source cannot be forged from outside the machine: Linux exempts it from
+    its per-peer ICMP rate limit (icmpv4_xrlim_allow), and so does the per-source RST
+    limit here (the global one still applies)."""
+    try:
+        return ipaddress.ip_address(ip.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class _Listener:
@@ -491,7 +502,7 @@ class Host:
         if not self._rst_bucket.take(now):
             self.stats.resets_rate_limited += 1
             return
-        if not self._rst_per_source.take(addr[0], now):
+        if not _is_loopback(addr[0]) and not self._rst_per_source.take(addr[0], now):
             self.stats.resets_rate_limited_per_source += 1
             return
         self.stats.resets_sent += 1
