@@ -706,11 +706,11 @@ class Connection:
         # RFC 5961 5.2: acceptable if SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT.
         if ack_off > self._snd_nxt:
             self._drop("ACK for data not yet sent")
-            self._ack_now = True
+            self._challenge_ack(now)  # RFC 5961 5.2 and 7: an ACK back, rate-limited
             return False
         if ack_off < self._snd_una - max(self.max_snd_wnd, 1):
             self._drop("ACK too old (RFC 5961 5.2)")
-            self._ack_now = True
+            self._challenge_ack(now)
             return False
         self._ack_accepted(seg, now)
         self._process_ack(seg, ack_off, now)
