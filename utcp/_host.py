@@ -452,7 +452,12 @@ class Host:
         syn = decode_ack(ack, mss, lst.config) if mss is not None else None
         if syn is None:
             self.stats.syn_cookies_rejected += 1
-            return False
+            # A cookie is checked against SEG.SEQ - 1, so it fails for any segment but the
+            # client's first after the handshake. If that one was lost, a later data segment
+            # arrives first: Linux answers it with a RST, killing a good connection. We drop
+            # it unanswered instead, and the client's retransmission of its first segment
+            # opens the connection (a deliberate departure; bare ACKs still get the RST).
+            return ack.seg_len > 0  # data or FIN
         if len(lst.accept_queue) >= lst.backlog:
             self.stats.syn_cookies_dropped += 1
             return True

@@ -190,6 +190,39 @@ class TestCookieHandshake:
         deliver(c, server, 0.0)
         assert server.stats.syns_dropped_backlog == 1  # Linux drops SYNs then too
 
+    def test_a_later_segment_arriving_first_is_dropped_without_a_rst(self) -> None:
+        # The cookie is checked against SEG.SEQ - 1: only the client's first segment after
+        # the handshake can open the connection. With it lost, the next one is dropped
+        # unanswered (Linux would reset the connection) until the first is resent.
+        server = listening_server(backlog=1)
+        fill_syn_queue(server, 1)
+        client = Host(Config(nodelay=True), address=CLIENT, isn_key=b"c" * 16)
+        cconn = client.connect(SERVER, 0.0)
+        deliver(client, server, 0.0)
+        deliver(server, client, 0.0)
+        assert cconn.state is State.ESTABLISHED
+        client.datagrams_to_send(0.0)  # the third ACK: lost
+        cconn.send(b"first ")
+        client.touch(cconn)
+        client.datagrams_to_send(0.0)  # lost too
+        cconn.send(b"second")
+        client.touch(cconn)
+        deliver(client, server, 0.0)
+        assert server.stats.syn_cookies_rejected == 1
+        assert server.datagrams_to_send(0.0) == [] and len(server.connections) == 1
+        got = b""
+        for _ in range(10):
+            t = client.next_timer()
+            assert t is not None
+            client.handle_timer(t)
+            shuttle(client, server, t)
+            conn = server.accept(SERVER[1]) if not got else None
+            if conn is not None:
+                got = conn.receive()
+                break
+        assert got == b"first second" or got == b"first "
+        assert cconn.state is State.ESTABLISHED and server.stats.syn_cookies_validated == 1
+
 
 def deliver(src: Host, dst: Host, now: float) -> None:
     batch = [(d, src.address) for d, to in src.datagrams_to_send(now) if to == dst.address]
