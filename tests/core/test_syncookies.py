@@ -134,6 +134,12 @@ class TestCookieHandshake:
         assert conn.snd_wscale == conn.rcv_wscale == cconn.snd_wscale == cconn.rcv_wscale == 0
         assert not conn.sack_ok and not cconn.sack_ok and not conn.ts_ok
 
+    def test_a_small_mss_is_never_rounded_up(self) -> None:
+        # RFC 9293 3.7.1: never send a segment larger than the peer's MSS option.
+        _, server = cookie_handshake(Config(mss=300))
+        conn = server.accept(SERVER[1])
+        assert conn is not None and conn.peer_mss <= 300
+
     def test_cookie_from_the_previous_slice_is_accepted(self) -> None:
         _, server = cookie_handshake(Config(), ack_at=COOKIE_PERIOD * 1.5)
         assert server.stats.syn_cookies_validated == 1
