@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from . import _congestion, _fastpath
 from ._buffers import BLOCK_OVERHEAD, ReceiveBuffer, SendBuffer
@@ -44,6 +45,7 @@ from ._events import (
     StateChanged,
 )
 from ._kernel_errors import ERROR_TEXT, kernel_error
+from ._limits import challenge_ack
 from ._loss_recovery import LossRecovery
 from ._rack import Rack
 from ._recovery import Scoreboard, SentSegment
@@ -195,6 +197,7 @@ class Connection:
         self._last_recv_time = 0.0
         self._challenge_window_start = 0.0
         self._challenge_count = 0
+        self.challenge_gate: Callable[[float], bool] | None = None  # the host's limit
         self._passive = False
         self.orphaned = False
         self._force_send = False  # a persist timeout: send even a small or probe segment
@@ -640,8 +643,10 @@ class Connection:
                 self._ack_now = True
             return True
         self._drop("outside receive window")
-        if seg.flags & RST:
-            return False
+        if seg.flags & (RST | SYN):
+            if not seg.flags & RST:
+                self._challenge_ack(now)  # RFC 5961 4.2: a SYN at any sequence number
+            return False  # RFC 5961 3.2: a RST outside the window is dropped silently
         if seg.payload and seg_off < rcv_nxt:
             # RFC 2883 4.1.1: old data is reported in the first SACK block (a D-SACK).
             self._report_duplicate(seg_off, min(seg_off + len(seg.payload), rcv_nxt))
@@ -702,11 +707,11 @@ class Connection:
         # RFC 5961 5.2: acceptable if SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT.
         if ack_off > self._snd_nxt:
             self._drop("ACK for data not yet sent")
-            self._ack_now = True
+            self._challenge_ack(now)  # RFC 5961 5.2 and 7: an ACK back, rate-limited
             return False
         if ack_off < self._snd_una - max(self.max_snd_wnd, 1):
             self._drop("ACK too old (RFC 5961 5.2)")
-            self._ack_now = True
+            self._challenge_ack(now)
             return False
         self._ack_accepted(seg, now)
         self._process_ack(seg, ack_off, now)
@@ -920,14 +925,7 @@ class Connection:
             self._enter_time_wait(now)
 
     def _challenge_ack(self, now: float) -> None:
-        # RFC 5961 7: rate-limit challenge ACKs.
-        if now - self._challenge_window_start >= 1.0:
-            self._challenge_window_start = now
-            self._challenge_count = 0
-        if self._challenge_count < self.config.challenge_ack_limit:
-            self._challenge_count += 1
-            self.stats.challenge_acks_sent += 1
-            self._ack_now = True
+        challenge_ack(self, now)  # RFC 5961 7: rate-limited, per connection and per host
 
     def _update_ts_recent(self, seg: Segment, now: float) -> None:
         # RFC 7323 4.3 (2): TS.Recent takes TSval when SEG.SEQ <= Last.ACK.sent.
@@ -1228,7 +1226,9 @@ class Connection:
             fin_to_send = self._fin_pending() and nxt == data_end
             if queued <= 0 and not fin_to_send:
                 return
-            cwnd_room = mss if probe else max(self.recovery.send_budget(), 0)
+            cwnd_room = (
+                mss if probe else max(self.recovery.new_data_budget(self.sndbuf.capacity), 0)
+            )
             if not probe and not self.recovery.pacing_allows(now) and sb.pipe > 0:
                 cwnd_room = 0
             usable = min(wnd_edge - nxt, cwnd_room)
@@ -1347,9 +1347,10 @@ class Connection:
     def _ooo_memory_limit(self) -> int:
         """What out-of-order data may cost (payload plus per-block overhead): the receive
         buffer filled with full-sized segments. Smaller segments reach it with less
-        payload, and the highest blocks are then dropped (RFC 2018 8)."""
+        payload, and the highest blocks are then dropped (RFC 2018 8). A peer's tiny MSS
+        does not raise it: segments are counted at 536 bytes at least (RFC 9293 3.7.1)."""
         cap = self._rcv_wnd_capacity
-        return cap + (cap // self.effective_mss + 1) * BLOCK_OVERHEAD
+        return cap + (cap // max(self.effective_mss, DEFAULT_PEER_MSS) + 1) * BLOCK_OVERHEAD
 
     def _window_space(self) -> int:
         """Receive-buffer space beyond RCV.NXT, no more than the window field can carry
