@@ -54,7 +54,6 @@ from ._state import (
     CAN_OUTPUT_DATA,
     CAN_QUEUE,
     CAN_RECEIVE,
-    CAN_SEND,
     CLOSE_QUIETLY_ON_RST,
     HANDSHAKING,
     RST_ON_ABORT,
@@ -269,7 +268,7 @@ class Connection:
     @property
     def send_space(self) -> int:
         """Bytes ``send()`` would accept now."""
-        return self.sndbuf.free if self.state in CAN_SEND and not self._fin_queued else 0
+        return self.sndbuf.free if self.state in CAN_QUEUE and not self._fin_queued else 0
 
     @property
     def unsent(self) -> int:
