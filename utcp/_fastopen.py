@@ -342,6 +342,11 @@ def settle(conn: Connection) -> None:
         fo.listener.pending.discard(conn)
 
 
+def syn_held(conn: Connection) -> bool:
+    """A ``connect(defer=True)`` (TCP_FASTOPEN_CONNECT) whose SYN still waits for data."""
+    return conn.state is State.SYN_SENT and not conn._syn_due and not conn._syn_sends
+
+
 def client_id(address: Address) -> bytes:
     """What a cookie is bound to: the client's IP address. Not its UDP port: every
     ``open_tcp_stream`` takes a fresh one, and NATs rewrite it (Linux binds to the IP too)."""

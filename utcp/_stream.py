@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._fastopen import syn_held
 from ._state import CAN_QUEUE, HANDSHAKING, SYNCHRONIZED, State
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ class UtcpStream(trio.abc.HalfCloseableStream):
     def _release_syn(self) -> None:
         """TCP_FASTOPEN_CONNECT: a SYN held back for the first data leaves now, without data,
         because the application receives or shuts down first."""
-        if self.conn.state is State.SYN_SENT:
+        if syn_held(self.conn):
             self.conn.send(b"")
             self._drive()
 
