@@ -8,8 +8,13 @@ fetches the cookie and is left out; every later request rides in its SYN. Random
 (both directions) is 0, 1% and 5%; the simulation is deterministic per seed.
 
     python bench/bench_tfo.py [--exchanges 200] [--seed 1] [--answer 1000]
+    python bench/bench_tfo.py --emulated [--exchanges 50]
 
-Prints one JSON line per configuration, then a table.
+Prints one JSON line per configuration, then a table. ``--emulated`` measures the same over
+an emulated link instead (``bench.netem.link.open_link``, spec ``delay 50ms`` each way; root):
+``utcp echo-server`` (``--fastopen`` or not) in the server namespace, and in the client's a
+loop of ``open_tcp_stream``, a 400-byte request and its echo, each connection on its own UDP
+socket; real time, so the figures carry the machine's scheduling noise.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
+import time
 
 from utcp import Config
 from utcp._connection import Connection
@@ -92,24 +99,102 @@ def measure(fastopen: bool, loss: float, exchanges: int, seed: int, size: int) -
     }
 
 
+EMULATED_CLIENT = r"""
+import json, sys, trio, utcp
+host, port, count, fastopen, size = sys.argv[1:6]
+port, count, size = int(port), int(count), int(size)
+
+async def main():
+    config = utcp.Config(fastopen_connect=fastopen == "1")
+    times, in_syn = [], 0
+    for i in range(count + 1):
+        request = bytes([i % 251]) * size
+        start = trio.current_time()
+        stream = await utcp.open_tcp_stream(host, port, config=config)
+        await stream.send_all(request)
+        got = b""
+        while len(got) < size:
+            got += await stream.receive_some()
+        elapsed = trio.current_time() - start
+        assert got == request
+        if i:  # the first one fetches the cookie (or warms up the same way without)
+            times.append(elapsed)
+            in_syn += stream.statistics().fastopen["syn_data_acked"]
+        await stream.aclose()
+    print(json.dumps({"times": times, "in_syn": in_syn}), flush=True)
+
+trio.run(main)
+"""
+
+
+def emulated(exchanges: int) -> list[dict[str, object]]:
+    """The same exchanges over bench.netem's emulated 50 ms link (needs root)."""
+    try:
+        from bench.netem.link import open_link
+    except ImportError:
+        sys.exit("--emulated needs bench.netem (the emulated link of issue 14)")
+    rows: list[dict[str, object]] = []
+    for fastopen in (False, True):
+        with open_link("delay 50ms", None, mode="emulated") as link:
+            argv = [sys.executable, "-m", "utcp", "echo-server", "-q"]
+            argv += ["--listen", f"{link.server_host}:4747"] + (["--fastopen"] if fastopen else [])
+            server = subprocess.Popen(link.server_cmd(argv))
+            try:
+                time.sleep(2.0)  # the server binds
+                client = [sys.executable, "-c", EMULATED_CLIENT, link.client_connect_host]
+                client += ["4747", str(exchanges), "1" if fastopen else "0", str(REQUEST)]
+                done = subprocess.run(
+                    link.client_cmd(client), capture_output=True, text=True, timeout=600
+                )
+            finally:
+                server.terminate()
+                server.wait(10)
+            report = link.report()
+        if done.returncode != 0:
+            sys.exit(f"the client failed: {done.stderr}")
+        result = json.loads(done.stdout.splitlines()[-1])
+        times = sorted(result["times"])
+        rows.append(
+            {
+                "fastopen": fastopen,
+                "link": "emulated, delay 50ms each way",
+                "link_valid": report.valid,
+                "request_bytes": REQUEST,
+                "answer_bytes": REQUEST,
+                "exchanges": exchanges,
+                "p50_ms": round(statistics.median(times) * 1000, 1),
+                "mean_ms": round(statistics.fmean(times) * 1000, 1),
+                "p90_ms": round(times[int(0.9 * (len(times) - 1))] * 1000, 1),
+                "requests_in_syn": result["in_syn"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exchanges", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--answer", type=int, default=1000)
+    parser.add_argument("--emulated", action="store_true", help="over bench.netem's link")
     args = parser.parse_args()
     rows = []
-    for loss in (0.0, 0.01, 0.05):
-        for fastopen in (False, True):
-            row = measure(fastopen, loss, args.exchanges, args.seed, args.answer)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    if args.emulated:
+        rows = emulated(args.exchanges)
+    else:
+        for loss in (0.0, 0.01, 0.05):
+            for fastopen in (False, True):
+                row = measure(fastopen, loss, args.exchanges, args.seed, args.answer)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     print("\n| loss | Fast Open | p50 ms | mean ms | p90 ms | requests in SYN |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['loss']:.0%} | {'on' if r['fastopen'] else 'off'} | {r['p50_ms']} | "
-            f"{r['mean_ms']} | {r['p90_ms']} | {r['requests_in_syn']}/{r['exchanges']} |"
+            f"| {float(r.get('loss', 0.0)):.0%} | {'on' if r['fastopen'] else 'off'} | "
+            f"{r['p50_ms']} | {r['mean_ms']} | {r['p90_ms']} | "
+            f"{r['requests_in_syn']}/{r['exchanges']} |"
         )
     return 0
 
