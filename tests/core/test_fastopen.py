@@ -387,9 +387,6 @@ class TestCookies:
         assert cache.usable(SERVER_KEY, 0.0) is not None
 
 
-_OPTION_BYTES = st.binary(max_size=40)
-
-
 @given(cookie=st.binary(max_size=16), data=st.binary(max_size=30))
 def test_fuzz_cookie_option_round_trips(cookie: bytes, data: bytes) -> None:
     seg = Segment(1, 2, 3, 0, SYN, 100, data, mss=1400, fastopen_cookie=cookie)
@@ -413,3 +410,16 @@ def test_fuzz_cookie_option_decodes_or_fails_cleanly(length: int, body: bytes, p
         return
     if length >= 2 and seg.fastopen_cookie is not None:
         assert len(seg.fastopen_cookie) == length - 2 <= 16
+
+
+@given(cookie=st.binary(max_size=16), data=st.binary(max_size=64))
+def test_fuzz_any_cookie_is_answered_and_only_a_valid_one_takes_data(
+    cookie: bytes, data: bytes
+) -> None:
+    conn = tfo_listen()
+    conn.receive_segment(peer_syn(fastopen_cookie=cookie, payload=data), T_SYN)
+    (synack,) = conn.segments_to_send(T_SYN)
+    valid = cookie == COOKIE
+    assert synack.ack == R(1 + len(data) if valid else 1)
+    assert (synack.fastopen_cookie is None) == valid
+    assert conn.readable == (len(data) if valid else 0)
