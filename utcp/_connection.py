@@ -308,6 +308,7 @@ class Connection:
             if self.error is not None:
                 raise UtcpStateError(f"connection failed: {self.error}") from self.error
             raise UtcpStateError(f"send() in state {self.state} after shutdown or close")
+        # TCP_FASTOPEN_CONNECT (connect(defer=True)): the first send releases the SYN.
         self._syn_due = self._syn_due or (self.state is State.SYN_SENT and not self._syn_sends)
         return self.sndbuf.write(data)
 

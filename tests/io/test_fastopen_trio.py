@@ -4,7 +4,7 @@ over the simulated network: a repeat request rides in the SYN."""
 from __future__ import annotations
 
 import socket as _stdsocket
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -25,9 +25,9 @@ ANSWER = b"HTTP/1.1 200 OK\r\n\r\n"
 
 
 @pytest.fixture(autouse=True)
-def fresh_cookie_cache() -> AsyncIterator[None]:
+def fresh_cookie_cache() -> Iterator[None]:
     shared_cache().clear()  # endpoints' hosts share the process-wide cookie cache
-    yield None  # type: ignore[misc]
+    yield
     shared_cache().clear()
 
 
