@@ -228,6 +228,10 @@ async def open_tcp_stream(
 
     Each attempt gets its own UDP socket (bound to ``local_address`` if given) unless
     ``endpoint`` is passed, in which case every attempt shares it.
+
+    With ``Config.fastopen_connect`` (TCP Fast Open, RFC 7413) and a cookie cached for the
+    server this returns before the handshake, and the first ``send_all`` rides in the SYN
+    (see ``connect_on``); a refused or timed-out open then shows on the stream.
     """
     if not isinstance(port, int):
         raise TypeError(f"port must be an int not {port!r}")
