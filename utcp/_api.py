@@ -185,12 +185,19 @@ async def connect_on(
     config: Config | None = None,
 ) -> UtcpStream:
     """Open a connection through an existing endpoint; raises ConnectionRefusedError,
-    TimeoutError (connect timeout) or OSError. Cancellation aborts just this connection."""
-    conn = endpoint.host.connect(
-        address, trio.current_time(), remote_port=remote_port, config=config
-    )
+    TimeoutError (connect timeout) or OSError. Cancellation aborts just this connection.
+
+    With ``Config.fastopen_connect`` and a Fast Open cookie cached for ``address`` this
+    returns at once, like a Linux connect() with TCP_FASTOPEN_CONNECT: the SYN leaves with
+    the first data sent (RFC 7413 4.2.2), and a failed open shows on the stream."""
+    now = trio.current_time()
+    cfg = config or endpoint.config
+    defer = cfg.fastopen_connect and endpoint.host.fastopen_ready(address, remote_port, now)
+    conn = endpoint.host.connect(address, now, remote_port=remote_port, config=config, defer=defer)
     stream = UtcpStream(endpoint, conn)
     endpoint.drive()
+    if defer:
+        return stream
     try:
         await stream._wait_established()
     except BaseException:
@@ -221,6 +228,10 @@ async def open_tcp_stream(
 
     Each attempt gets its own UDP socket (bound to ``local_address`` if given) unless
     ``endpoint`` is passed, in which case every attempt shares it.
+
+    With ``Config.fastopen_connect`` (TCP Fast Open, RFC 7413) and a cookie cached for the
+    server this returns before the handshake, and the first ``send_all`` rides in the SYN
+    (see ``connect_on``); a refused or timed-out open then shows on the stream.
     """
     if not isinstance(port, int):
         raise TypeError(f"port must be an int not {port!r}")

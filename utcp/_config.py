@@ -95,6 +95,13 @@ class Config:
         pacing: spread each window over the round trip (rate 2x cwnd/SRTT in slow start,
             1.25x after) instead of sending it in one burst.
         challenge_ack_limit: challenge ACKs per second per connection (RFC 5961 7).
+        fastopen_connect: TCP Fast Open (RFC 7413) for active opens, like Linux's
+            TCP_FASTOPEN_CONNECT: the SYN asks for a cookie, or carries the cached cookie
+            and the first data. Off by default, as in Linux (the data in a SYN may reach
+            the server twice; RFC 7413 6).
+        fastopen_queue: TCP Fast Open for listeners, like Linux's TCP_FASTOPEN: the most
+            connections that took data from their SYN may wait in SYN-RECEIVED (RFC 7413
+            5.1); 0, the default, turns it off.
 
     Host-wide limits (docs/HARDENING.md), read from the ``Config`` a ``Host`` is built with,
     except ``syn_cookies``, read from the listener's:
@@ -151,6 +158,8 @@ class Config:
     rst_rate_limit: int = 200
     rst_rate_limit_per_source: int = 10
     challenge_ack_limit_global: int = 1000
+    fastopen_connect: bool = False
+    fastopen_queue: int = 0
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -179,6 +188,8 @@ class Config:
             raise ValueError("keepalive_interval must be positive and keepalive_count >= 1")
         if self.user_timeout is not None and self.user_timeout <= 0:
             raise ValueError("user_timeout must be positive or None")
+        if self.fastopen_queue < 0:
+            raise ValueError("fastopen_queue must not be negative")
         if self.max_retransmissions < 1 or self.initial_window < 1:
             raise ValueError("max_retransmissions and initial_window must be >= 1")
         for name in ("max_half_open_per_source", "max_connections", "challenge_ack_limit_global"):

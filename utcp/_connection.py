@@ -30,7 +30,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from . import _congestion, _fastpath
+from . import _congestion, _fastopen, _fastpath
 from ._buffers import BLOCK_OVERHEAD, ReceiveBuffer, SendBuffer
 from ._config import DEFAULT_PEER_MSS, Config
 from ._errors import ConnectionTimedOut, UtcpInternalError, UtcpStateError
@@ -56,7 +56,6 @@ from ._state import (
     CAN_OUTPUT_DATA,
     CAN_QUEUE,
     CAN_RECEIVE,
-    CAN_SEND,
     CLOSE_QUIETLY_ON_RST,
     HANDSHAKING,
     RST_ON_ABORT,
@@ -118,6 +117,7 @@ class Connection:
         self._isn_key = isn_key
         self._conn_id = conn_id
         self._iss_override = iss
+        self.fastopen: _fastopen.FastOpenSession | None = None  # set by the host (RFC 7413)
         self.state = State.CLOSED
         self.remote_address: tuple[str, int] | None = None  # set by the host that demuxes
         self.error: Exception | None = None
@@ -272,7 +272,7 @@ class Connection:
     @property
     def send_space(self) -> int:
         """Bytes ``send()`` would accept now."""
-        return self.sndbuf.free if self.state in CAN_SEND and not self._fin_queued else 0
+        return self.sndbuf.free if self.state in CAN_QUEUE and not self._fin_queued else 0
 
     @property
     def unsent(self) -> int:
@@ -288,13 +288,14 @@ class Connection:
 
     # ------------------------------------------------------------------ application calls
 
-    def connect(self, now: float) -> None:
-        """Active open (RFC 9293 3.10.1): CLOSED -> SYN-SENT. Creates output (a SYN)."""
+    def connect(self, now: float, *, defer: bool = False) -> None:
+        """Active open (RFC 9293 3.10.1): CLOSED -> SYN-SENT. Creates output (a SYN; with
+        ``defer``, Linux's TCP_FASTOPEN_CONNECT, only once ``send`` is called)."""
         if self.state is not State.CLOSED or self.error is not None:
             raise UtcpStateError(f"connect() in state {self.state}")
         self._choose_iss(now)
         self._connect_deadline = now + self.config.connect_timeout
-        self._syn_due = True
+        self._syn_due = not defer
         self._set_state(State.SYN_SENT)
 
     def listen(self) -> None:
@@ -311,6 +312,8 @@ class Connection:
             if self.error is not None:
                 raise UtcpStateError(f"connection failed: {self.error}") from self.error
             raise UtcpStateError(f"send() in state {self.state} after shutdown or close")
+        # TCP_FASTOPEN_CONNECT (connect(defer=True)): the first send releases the SYN.
+        self._syn_due = self._syn_due or (self.state is State.SYN_SENT and not self._syn_sends)
         return self.sndbuf.write(data)
 
     @property
@@ -471,6 +474,7 @@ class Connection:
         self._last_recv_time = now
         self._connect_deadline = now + SYN_R2
         self._set_state(State.SYN_RECEIVED)
+        _fastopen.syn_in(self, seg, now)
 
     def _syn_sent_input(self, seg: Segment, now: float) -> None:
         # RFC 9293 3.10.7.3.
@@ -497,7 +501,7 @@ class Connection:
         self._take_syn(seg, now)
         self._last_recv_time = now
         if flags & ACK:
-            self._snd_una = 1
+            self._snd_una = self._snd_nxt = _fastopen.synack_in(self, seg, now)
             self._syn_acked(seg, now)
             self._update_window(seg, force=True)
             self._set_state(State.ESTABLISHED)
@@ -542,7 +546,6 @@ class Connection:
 
     def _syn_acked(self, seg: Segment, now: float) -> None:
         """Our SYN is acknowledged: RTT sample from the handshake (Karn: only if sent once)."""
-        self._rto_deadline = None
         # RFC 6298 3 (Karn): time the SYN (SYN-ACK) only if it was sent once, whether it was
         # resent by the timer, for a duplicate SYN, or as the SYN-ACK of a simultaneous
         # open; else from the echoed timestamp (RFC 7323 4.1).
@@ -558,6 +561,7 @@ class Connection:
             self.cc.on_handshake_loss()
         self._rto_retries = 0
         self._connect_deadline = None
+        self._rto_deadline = _fastopen.rto_after_handshake(self, now)
 
     def _other_input(self, seg: Segment, now: float) -> None:
         """RFC 9293 3.10.7.4: SYN-RECEIVED and the synchronized states, step by step."""
@@ -1112,14 +1116,14 @@ class Connection:
         queued = len(out)  # queued ACKs called _ack_sent when they were made
         state = self.state
         if self._syn_due and state in HANDSHAKING:
-            out.append(self._syn_segment(now))
+            out.append(_fastopen.syn_out(self, self._syn_segment(now), now))
             self._ack_now = False
         elif state is State.SYN_RECEIVED and self._ack_now:
             # RFC 9293 3.10.7.4 first: an unacceptable segment draws
             # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK> in SYN-RECEIVED too.
             out.append(self._segment(ACK, self.snd_nxt, b"", now))
             self._ack_sent()
-        elif state in SYNCHRONIZED:
+        elif state in SYNCHRONIZED or _fastopen.sends_early(self):
             self._output_data(out, now)
             new = out[queued:]
             if any(s.payload for s in new) and self._replies_to_data(now):
@@ -1216,7 +1220,7 @@ class Connection:
     ) -> None:
         sb = self.scoreboard
         mss = self.effective_mss
-        if self.state not in CAN_OUTPUT_DATA:
+        if self.state not in CAN_OUTPUT_DATA and not _fastopen.sends_early(self):
             return
         while True:
             nxt = max(self._snd_nxt, 1)
@@ -1275,7 +1279,7 @@ class Connection:
             return False
         if n >= self.effective_mss or force:
             return True
-        nothing_in_flight = nxt >= self._snd_nxt and self._snd_una >= self._snd_nxt
+        nothing_in_flight = nxt >= self._snd_nxt and max(self._snd_una, 1) >= self._snd_nxt
         nagle_ok = self.nodelay or nothing_in_flight
         if n == queued and nagle_ok:
             return True  # all queued data, pushed

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from . import _fastopen
 from ._config import Config
 from ._connection import Connection
 from ._errors import KernelError
@@ -96,6 +97,7 @@ class HostStats:
     kernel_errors: int = 0  # ICMP errors and failed sends reported by the transport
     kernel_errors_unmatched: int = 0  # of which: no connection (or several) to blame
     kernel_errors_ignored: int = 0  # of which: the connection had no such segment in flight
+    fastopen_refused: int = 0  # Fast Open SYNs given a plain handshake (RFC 7413 5.1)
     drops: dict[str, int] = field(default_factory=dict)
 
 
@@ -110,7 +112,15 @@ def _is_loopback(ip: str) -> bool:
 
 
 class _Listener:
-    __slots__ = ("accept_queue", "backlog", "config", "cookies_sent_at", "half_open", "pending")
+    __slots__ = (
+        "accept_queue",
+        "backlog",
+        "config",
+        "cookies_sent_at",
+        "fastopen",
+        "half_open",
+        "pending",
+    )
 
     def __init__(self, backlog: int, config: Config) -> None:
         self.backlog = backlog
@@ -119,6 +129,7 @@ class _Listener:
         self.accept_queue: deque[Connection] = deque()
         self.half_open: dict[str, int] = {}  # pending connections per source IP address
         self.cookies_sent_at: float | None = None
+        self.fastopen: _fastopen.ListenerFastOpen | None = None  # RFC 7413, when enabled
 
     def syn_queue_full(self, source: str, per_source: int) -> bool:
         """RFC 4987 3.6: whether a SYN from ``source`` must get a cookie rather than state:
@@ -153,14 +164,19 @@ class Host:
         address: Address,
         isn_key: bytes,
         iss_function: IssFunction | None = None,
+        fastopen_cache: _fastopen.ClientCache | None = None,
     ) -> None:
-        """``isn_key`` is the RFC 6528 secret; ``iss_function(conn_id, now)`` may replace the
-        ISN generator (tests use it to start sequence numbers near 2**32)."""
+        """``isn_key`` is the RFC 6528 secret (the Fast Open cookie secret derives from it
+        too); ``iss_function(conn_id, now)`` may replace the ISN generator (tests use it to
+        start sequence numbers near 2**32); ``fastopen_cache`` holds the Fast Open cookies
+        of servers (default: the process-wide ``_fastopen.shared_cache()``)."""
         self.config = config
         self.address = address
         self.ipv6 = ":" in address[0]
         self._isn_key = isn_key
         self._iss_function = iss_function
+        self.fastopen_cache = fastopen_cache or _fastopen.shared_cache()
+        self._cookie_keys = _fastopen.CookieKeys(isn_key)
         self.connections: dict[ConnKey, Connection] = {}
         self.listeners: dict[int, _Listener] = {}
         self.stats = HostStats()
@@ -205,8 +221,29 @@ class Host:
         port = self.address[1] if port is None else port
         if port in self.listeners:
             raise OSError(errno.EADDRINUSE, f"TCP port {port} is already listening")
-        self.listeners[port] = _Listener(max(1, backlog), config or self.config)
+        lst = self.listeners[port] = _Listener(max(1, backlog), config or self.config)
+        self.set_fastopen_queue(port, lst.config.fastopen_queue)
         return port
+
+    def set_fastopen_queue(self, port: int, queue_len: int) -> None:
+        """TCP_FASTOPEN on a listener: take data from SYNs with valid cookies, with at most
+        ``queue_len`` such connections in SYN-RECEIVED (RFC 7413 5.1); 0 turns it off."""
+        lst = self.listeners[port]
+        if queue_len < 0:
+            raise ValueError("the Fast Open queue length must not be negative")
+        if queue_len == 0:
+            lst.fastopen = None
+        elif lst.fastopen is None:
+            lst.fastopen = _fastopen.ListenerFastOpen(self._cookie_keys, queue_len)
+        else:
+            lst.fastopen.queue_len = queue_len
+
+    def fastopen_ready(self, remote: Address, remote_port: int | None, now: float) -> bool:
+        """Whether a Fast Open connect to ``remote`` would put data in its SYN: a cookie is
+        cached and no negative response holds it off (RFC 7413 4.1.3)."""
+        rport = remote[1] if remote_port is None else remote_port
+        entry = self.fastopen_cache.usable((remote, rport), now)
+        return entry is not None and entry.cookie is not None
 
     def unlisten(self, port: int, now: float) -> None:
         """Stop listening; connections not yet accepted are reset."""
@@ -234,8 +271,11 @@ class Host:
         remote_port: int | None = None,
         local_port: int | None = None,
         config: Config | None = None,
+        defer: bool = False,
     ) -> Connection:
-        """Active open towards ``remote`` (TCP port defaults to its UDP port)."""
+        """Active open towards ``remote`` (TCP port defaults to its UDP port). With
+        ``Config.fastopen_connect`` the SYN uses Fast Open (RFC 7413); ``defer`` holds it
+        back until the first ``send`` so that the data can ride in it."""
         rport = remote[1] if remote_port is None else remote_port
         lport = self._pick_local_port(remote, rport) if local_port is None else local_port
         key = (remote, rport, lport)
@@ -244,7 +284,9 @@ class Host:
         if len(self.connections) >= self.config.max_connections:
             raise OSError(errno.ENOBUFS, "Config.max_connections reached")
         conn = self._new_connection(config or self.config, remote, rport, lport, now)
-        conn.connect(now)
+        if conn.config.fastopen_connect:
+            conn.fastopen = _fastopen.ClientSession(self.fastopen_cache, (remote, rport))
+        conn.connect(now, defer=defer)
         self.connections[key] = conn
         self.touch(conn)
         return conn
@@ -418,6 +460,8 @@ class Host:
                 return
             conn = self._new_connection(lst.config, addr, seg.src_port, seg.dst_port, now)
             conn.listen()
+            if lst.fastopen is not None and seg.fastopen_cookie is not None:
+                conn.fastopen = self._fastopen_session(lst, lst.fastopen, addr)
             self.connections[key] = conn
             lst.add_pending(conn, addr[0])
             self._pending_of[conn] = lst
@@ -439,6 +483,23 @@ class Host:
         rst = reset_for(seg)
         if rst is not None:
             self._send_rst(rst, addr, now)
+
+    def _fastopen_session(
+        self, lst: _Listener, fo: _fastopen.ListenerFastOpen, addr: Address
+    ) -> _fastopen.ServerSession:
+        """The Fast Open session of a passive connection whose SYN carries the option. RFC
+        7413 5.1: refused (a plain handshake, no cookie) with the listener's Fast Open queue
+        full, or while its SYN queue is under pressure: half the backlog in SYN-RECEIVED,
+        or the backlog full. (A SYN answered without a TCB, as with SYN cookies, never gets
+        here: such a SYN-ACK never takes data.)"""
+        refuse = (
+            len(fo.pending) >= fo.queue_len
+            or 2 * len(lst.pending) >= lst.backlog
+            or len(lst.pending) + len(lst.accept_queue) >= lst.backlog
+        )
+        if refuse:
+            self.stats.fastopen_refused += 1
+        return _fastopen.ServerSession(fo, _fastopen.client_id(addr), refuse=refuse)
 
     @staticmethod
     def _reuses_time_wait(conn: Connection, seg: Segment) -> bool:
@@ -654,10 +715,13 @@ class Host:
 
     def _settle(self, now: float) -> None:
         """For the touched connections: move handshaken passive ones to their accept queue,
-        forget closed ones."""
+        forget closed ones. RFC 7413 4.2.2: one that took data from its SYN (Fast Open) is
+        accepted in SYN-RECEIVED."""
         for conn in self._touched:
+            if conn.fastopen is not None:
+                _fastopen.settle(conn)
             lst = self._pending_of.get(conn)
-            if lst is not None and conn.state in SYNCHRONIZED:
+            if lst is not None and (conn.state in SYNCHRONIZED or _fastopen.accept_early(conn)):
                 del self._pending_of[conn]
                 self._unvalidated.pop(conn, None)
                 lst.remove_pending(conn)

@@ -33,7 +33,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import trio
 
@@ -42,7 +42,7 @@ from ._api import MAX_BACKLOG, UtcpListener, connect_on, get_default_config
 from ._config import Config
 from ._endpoint import Endpoint
 from ._pcap import PcapWriter
-from ._state import State
+from ._state import CAN_QUEUE, State
 from ._stream import (
     IPPROTO_TCP,
     SO_KEEPALIVE,
@@ -50,6 +50,8 @@ from ._stream import (
     SO_SNDBUF,
     SOL_SOCKET,
     TCP_CONGESTION,
+    TCP_FASTOPEN,
+    TCP_FASTOPEN_CONNECT,
     TCP_KEEPCNT,
     TCP_KEEPIDLE,
     TCP_KEEPINTVL,
@@ -98,6 +100,18 @@ _CONNECTION_OPTIONS = frozenset(
         (IPPROTO_TCP, TCP_MAXSEG),
         (IPPROTO_TCP, TCP_CONGESTION),
         (IPPROTO_TCP, TCP_NOTSENT_LOWAT),
+        (IPPROTO_TCP, TCP_FASTOPEN),
+        (IPPROTO_TCP, TCP_FASTOPEN_CONNECT),
+    }
+)
+MSG_FASTOPEN = getattr(_stdsocket, "MSG_FASTOPEN", 0x20000000)
+# Options an accepted connection does not take from its listener after listen(): the
+# listener's own Fast Open settings, and TCP_NOTSENT_LOWAT (a stream's own default).
+_NOT_INHERITED = frozenset(
+    {
+        (IPPROTO_TCP, TCP_NOTSENT_LOWAT),
+        (IPPROTO_TCP, TCP_FASTOPEN),
+        (IPPROTO_TCP, TCP_FASTOPEN_CONNECT),
     }
 )
 
@@ -221,7 +235,8 @@ class UtcpSocket(trio.socket.SocketType):
     mid-handshake: the attempt is aborted and the socket closed, as trio does), ``send``,
     ``recv``, ``recv_into``, ``shutdown``, ``close``, ``setsockopt``/``getsockopt``,
     ``getsockname``/``getpeername``, ``is_readable``, ``wait_writable``, ``fileno``. Not
-    supported: ``recv``/``send`` flags other than ``MSG_NOSIGNAL``, ``sendto``/``recvmsg``,
+    supported: ``recv``/``send`` flags other than ``MSG_NOSIGNAL``, ``recvmsg``, ``sendto``
+    other than Fast Open's ``sendto(data, MSG_FASTOPEN, address)``,
     ``dup``/``detach``, and ``IPV6_V6ONLY`` off (utcp's IPv6 sockets are IPv6-only).
     ``SO_REUSEADDR`` is accepted and has no effect (a listening UDP port stays exclusive).
     """
@@ -456,7 +471,7 @@ class UtcpSocket(trio.socket.SocketType):
         # accepted kernel sockets inherit the listener's current options.
         later = {k: v for k, v in self._options.items() if self._listen_options.get(k) != v}
         for (level, option), value in later.items():
-            if (level, option) != (IPPROTO_TCP, TCP_NOTSENT_LOWAT):
+            if (level, option) not in _NOT_INHERITED:
                 stream.setsockopt(level, option, value)
         sock = UtcpSocket._for_stream(stream, factory=self._factory, options=self._options)
         return sock, sock.getpeername()
@@ -544,7 +559,10 @@ class UtcpSocket(trio.socket.SocketType):
                 if error is not None:
                     raise error
                 conn = stream.conn
-                if conn.state not in (State.ESTABLISHED, State.CLOSE_WAIT):
+                # Before the handshake ends only with Fast Open (RFC 7413 4.2.2): after a
+                # TCP_FASTOPEN_CONNECT connect (the data rides in the SYN), or on a
+                # connection accepted in SYN-RECEIVED.
+                if conn.state not in CAN_QUEUE:
                     raise _error(errno.EPIPE)
                 if not octets:
                     return 0
@@ -554,6 +572,25 @@ class UtcpSocket(trio.socket.SocketType):
                     stream._drive()
                     return taken
                 await self._park(stream, "_waiting_to_write")
+
+    @overload
+    async def sendto(self, data: Buffer, address: tuple[object, ...] | str | Buffer, /) -> int: ...
+
+    @overload
+    async def sendto(
+        self, data: Buffer, flags: int, address: tuple[object, ...] | str | Buffer, /
+    ) -> int: ...
+
+    async def sendto(self, data: Buffer, *args: Any) -> int:
+        """Only as Linux's Fast Open client uses it: ``sendto(data, MSG_FASTOPEN, address)``
+        on an unconnected socket connects with Fast Open (RFC 7413) and sends ``data``,
+        in the SYN when a cookie is cached."""
+        if len(args) != 2 or args[0] != MSG_FASTOPEN:
+            await trio.lowlevel.checkpoint()
+            raise _error(errno.EOPNOTSUPP, "utcp sockets take sendto only with MSG_FASTOPEN")
+        self.setsockopt(IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
+        await self.connect(args[1])
+        return await self.send(data)
 
     async def recv(self, buflen: int, flags: int = 0, /) -> bytes:
         if flags:
@@ -687,6 +724,10 @@ class UtcpSocket(trio.socket.SocketType):
                 changes["receive_buffer_size"] = value
             elif key == (IPPROTO_TCP, TCP_MAXSEG):
                 changes["mss"] = value
+            elif key == (IPPROTO_TCP, TCP_FASTOPEN):
+                changes["fastopen_queue"] = value
+            elif key == (IPPROTO_TCP, TCP_FASTOPEN_CONNECT):
+                changes["fastopen_connect"] = bool(value)
         return self._config.replace(**changes) if changes else self._config
 
     def setsockopt(
@@ -725,6 +766,10 @@ class UtcpSocket(trio.socket.SocketType):
                     raise ValueError("TCP_NOTSENT_LOWAT must be positive")
             else:
                 self._connection_config()
+            if key == (IPPROTO_TCP, TCP_FASTOPEN) and self._listener is not None:
+                # TCP_FASTOPEN on a listening socket takes effect at once, as in Linux.
+                listener = self._listener
+                listener.endpoint.host.set_fastopen_queue(listener.port, int(stored))
         except (ValueError, OSError, TypeError):
             if previous is None:
                 del self._options[key]
@@ -779,6 +824,8 @@ class UtcpSocket(trio.socket.SocketType):
             (IPPROTO_TCP, TCP_MAXSEG): cfg.local_mss(self._family == AF_INET6),
             (IPPROTO_TCP, TCP_CONGESTION): cfg.congestion_control.encode(),
             (IPPROTO_TCP, TCP_NOTSENT_LOWAT): 0,
+            (IPPROTO_TCP, TCP_FASTOPEN): cfg.fastopen_queue,
+            (IPPROTO_TCP, TCP_FASTOPEN_CONNECT): int(cfg.fastopen_connect),
         }
         return defaults[key]
 

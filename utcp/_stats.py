@@ -33,4 +33,14 @@ class ConnectionStats:
     resets_sent: int = 0
     kernel_errors: int = 0  # ICMP errors and failed sends that concerned this connection
     emsgsize_errors: int = 0  # of which: segments too big to send (EMSGSIZE)
+    # RFC 7413 Fast Open. Server: cookies put in SYN-ACKs, SYNs whose cookie was valid (their
+    # data taken) or invalid. Client: SYNs that carried data, and those whose data the
+    # SYN-ACK acknowledged; fallbacks: Fast Open SYNs lost, or answered without taking the
+    # data or giving the cookie (each a negative response, RFC 7413 4.1.3.1).
+    fastopen_cookies_sent: int = 0
+    fastopen_accepted: int = 0
+    fastopen_rejected: int = 0
+    fastopen_syn_data_sent: int = 0
+    fastopen_syn_data_acked: int = 0
+    fastopen_fallbacks: int = 0
     drops: dict[str, int] = field(default_factory=dict)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 import operator
 import socket as _socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
+from ._fastopen import syn_held
 from ._state import CAN_QUEUE, HANDSHAKING, SYNCHRONIZED, State
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ TCP_KEEPCNT = getattr(_socket, "TCP_KEEPCNT", 6)
 TCP_CONGESTION = getattr(_socket, "TCP_CONGESTION", 13)
 TCP_USER_TIMEOUT = getattr(_socket, "TCP_USER_TIMEOUT", 18)
 TCP_NOTSENT_LOWAT = getattr(_socket, "TCP_NOTSENT_LOWAT", 25)
+TCP_FASTOPEN = getattr(_socket, "TCP_FASTOPEN", 23)
+TCP_FASTOPEN_CONNECT = getattr(_socket, "TCP_FASTOPEN_CONNECT", 30)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class Statistics:
     checksum_drops: int
     malformed_drops: int
     drops: dict[str, int]
+    fastopen: dict[str, int] = field(default_factory=dict)
+    """RFC 7413 counters: cookies_sent, accepted, rejected (server side), syn_data_sent,
+    syn_data_acked, fallbacks (client side); see ``ConnectionStats``."""
 
 
 class UtcpStream(trio.abc.HalfCloseableStream):
@@ -161,6 +167,13 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             room = min(room, max(0, floor - self.conn.unsent))
         return room
 
+    def _release_syn(self) -> None:
+        """TCP_FASTOPEN_CONNECT: a SYN held back for the first data leaves now, without data,
+        because the application receives or shuts down first."""
+        if syn_held(self.conn):
+            self.conn.send(b"")
+            self._drive()
+
     async def _wait_established(self) -> None:
         """Park until the handshake finishes; raise the connection's error if it fails."""
         conn = self.conn
@@ -239,6 +252,7 @@ class UtcpStream(trio.abc.HalfCloseableStream):
                     raise broken_error(conn)
                 if self.endpoint.closed:
                     raise trio.BrokenResourceError("the endpoint was closed")
+                self._release_syn()
                 await self._lot.park()
         finally:
             self._recv_busy = False
@@ -255,6 +269,7 @@ class UtcpStream(trio.abc.HalfCloseableStream):
                 return
             self._eof_sent = True
             if self.conn.error is None:
+                self._release_syn()
                 self.conn.shutdown(trio.current_time())
                 self._drive()
         finally:
@@ -345,6 +360,9 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             conn.set_mss(value)
         elif key == (IPPROTO_TCP, TCP_NOTSENT_LOWAT):
             self.notsent_lowat = _positive(value)
+        elif key in ((IPPROTO_TCP, TCP_FASTOPEN), (IPPROTO_TCP, TCP_FASTOPEN_CONNECT)):
+            # As Linux: Fast Open is chosen before connect() or on a listener, not here.
+            raise OSError(errno.EINVAL, "Fast Open is set before the connection is made")
         else:
             raise OSError(
                 errno.ENOPROTOOPT, f"utcp does not support socket option {level}/{option}"
@@ -366,6 +384,8 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             (SOL_SOCKET, SO_RCVBUF): conn._rcv_wnd_capacity,
             (IPPROTO_TCP, TCP_MAXSEG): conn.effective_mss,
             (IPPROTO_TCP, TCP_NOTSENT_LOWAT): self.notsent_lowat or 0,
+            (IPPROTO_TCP, TCP_FASTOPEN): conn.config.fastopen_queue,
+            (IPPROTO_TCP, TCP_FASTOPEN_CONNECT): int(conn.config.fastopen_connect),
         }
         if key == (IPPROTO_TCP, TCP_CONGESTION):
             name = conn.cc.name.encode()
@@ -409,6 +429,14 @@ class UtcpStream(trio.abc.HalfCloseableStream):
             checksum_drops=host.checksum_drops,
             malformed_drops=host.malformed_drops,
             drops=dict(st.drops),
+            fastopen={
+                "cookies_sent": st.fastopen_cookies_sent,
+                "accepted": st.fastopen_accepted,
+                "rejected": st.fastopen_rejected,
+                "syn_data_sent": st.fastopen_syn_data_sent,
+                "syn_data_acked": st.fastopen_syn_data_acked,
+                "fallbacks": st.fastopen_fallbacks,
+            },
         )
 
 

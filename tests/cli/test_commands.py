@@ -47,6 +47,27 @@ def test_echo_round_trips_print_latency_then_summary(spawn: Spawn, listen: str, 
     server.wait_for(r"echoed 3000 bytes")
 
 
+def test_echo_fastopen_shows_the_round_trip_saved(spawn: Spawn) -> None:
+    # RFC 7413: the first connection fetches the cookie, the timed one sends in its SYN.
+    server = spawn(cli("echo-server", "--listen", "127.0.0.1:0", "--fastopen"))
+    port = server.port()
+    client = spawn(cli("echo", "127.0.0.1", str(port), "--count", "2", "--fastopen"))
+    code, out = client.finish(RUN_TIMEOUT)
+    assert code == 0, client.stderr()
+    assert "(first message in the SYN)" in out and " ms saved" in out
+    assert "fast open: " in out and "syn data acked 1" in out
+    server.wait_for(r"echoed 128 bytes")
+
+
+def test_echo_fastopen_against_a_server_without_it_says_so(spawn: Spawn) -> None:
+    server = spawn(cli("echo-server", "--listen", "127.0.0.1:0"))
+    port = server.port()
+    client = spawn(cli("echo", "127.0.0.1", str(port), "--count", "1", "--fastopen"))
+    code, out = client.finish(RUN_TIMEOUT)
+    assert code == 0, client.stderr()
+    assert "no cookie from the server" in out
+
+
 def test_pcap_records_the_datagrams_and_stats_print_on_exit(spawn: Spawn, tmp_path: Path) -> None:
     server = spawn(cli("echo-server", "--listen", "127.0.0.1:0"))
     port = server.port()

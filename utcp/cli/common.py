@@ -439,6 +439,10 @@ def format_statistics(name: str, s: utcp.Statistics) -> str:
         return "-" if value is None else f"{value * 1000:.2f} ms"
 
     ssthresh = "-" if s.ssthresh >= 1 << 40 else f"{s.ssthresh} B"  # not yet set
+    fastopen = ""
+    if any(s.fastopen.values()):  # RFC 7413 counters, for a connection that used Fast Open
+        counts = ", ".join(f"{key.replace('_', ' ')} {n}" for key, n in s.fastopen.items())
+        fastopen = f"\n  fast open: {counts}"
     return (
         f"{name}: state {s.state}, {s.congestion_control}, mss {s.mss}\n"
         f"  rtt {ms(s.srtt)} (min {ms(s.min_rtt)}, var {ms(s.rttvar)}), rto {ms(s.rto)}\n"
@@ -448,7 +452,7 @@ def format_statistics(name: str, s: utcp.Statistics) -> str:
         f"{s.bytes_received} B in {s.segments_received} segments\n"
         f"  retransmits {s.retransmits} ({s.bytes_retransmitted} B; fast {s.fast_retransmits}, "
         f"rto {s.rto_expiries}), lost {s.lost}, reordering {s.reordering}, "
-        f"drops {sum(s.drops.values())}"
+        f"drops {sum(s.drops.values())}{fastopen}"
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .._config import Config
 from .._connection import Connection
 from .._events import StateChanged
+from .._fastopen import ClientCache
 from .._host import Host
 from .._state import State
 from .._wire import Address
@@ -129,6 +130,7 @@ class HostPair:
             address=CLIENT_ADDR,
             isn_key=seed.to_bytes(8, "big") + b"client--",
             iss_function=(lambda _c, _n: client_iss) if client_iss is not None else None,
+            fastopen_cache=ClientCache(),  # each pair starts with no Fast Open cookie
         )
         self.server = _PairHost(
             server_config or base,
