@@ -572,14 +572,20 @@ class Host:
         then assumes 536), or None: never larger than what it sent (docs/HARDENING.md)."""
         if len(data) > budget:
             seg = decode_untrusted(data)
-            if seg.flags & SYN and seg.mss is not None:
+            if seg.flags & SYN and seg.fastopen_cookie:
+                # RFC 7413 4.1.1: the SYN asked for a Fast Open cookie (a 2-byte request
+                # option); the answer may exceed it by the cookie itself (at most 16 bytes,
+                # padded), which the total budget of AMPLIFICATION_FACTOR still bounds.
+                budget += 4 * ((len(seg.fastopen_cookie) + 3) // 4)
+            if len(data) > budget and seg.flags & SYN and seg.mss is not None:
                 seg.mss = None
                 data = encode(seg)
                 if len(data) <= budget:
                     self.stats.synacks_trimmed += 1
                     return data
-            self.stats.amplification_drops += 1
-            return None
+            if len(data) > budget:
+                self.stats.amplification_drops += 1
+                return None
         return data
 
     def _challenge_gate(self, now: float) -> bool:
