@@ -93,6 +93,24 @@ class Config:
         pacing: spread each window over the round trip (rate 2x cwnd/SRTT in slow start,
             1.25x after) instead of sending it in one burst.
         challenge_ack_limit: challenge ACKs per second per connection (RFC 5961 7).
+
+    Host-wide limits (docs/HARDENING.md), read from the ``Config`` a ``Host`` is built with,
+    except ``syn_cookies``, read from the listener's:
+        syn_cookies: answer SYNs with stateless SYN cookies (RFC 4987 3.6) when the
+            listener's SYN queue (its backlog of half-open connections) is full or the
+            source holds ``max_half_open_per_source`` of them; False drops those SYNs.
+            Linux's tcp_syncookies=1.
+        max_half_open_per_source: half-open (SYN-RECEIVED) connections one source IP
+            address may hold on one listener; its further SYNs get cookies.
+        max_connections: connections (any state, TIME-WAIT included) one host holds; past
+            it a SYN or cookie ACK is dropped and ``connect`` raises ``OSError(ENOBUFS)``.
+        rst_rate_limit / rst_rate_limit_per_source: RSTs per second answering segments for
+            no connection (RFC 9293 3.10.7.1), in all and per source IP address (token
+            buckets of one second's worth), like BSD's icmplim and Linux's icmp_ratelimit.
+        challenge_ack_limit_global: challenge ACKs per second over all connections (RFC
+            5961 7), randomised every second as Linux does since CVE-2016-5696: each
+            second allows ``limit // 2 + randrange(limit)``, so an off-path observer cannot
+            count how many the host has left.
     """
 
     mss: int | None = None
@@ -125,6 +143,12 @@ class Config:
     pacing: bool = True
     tail_loss_probe: bool = True
     challenge_ack_limit: int = 100
+    syn_cookies: bool = True
+    max_half_open_per_source: int = 32
+    max_connections: int = 100_000
+    rst_rate_limit: int = 200
+    rst_rate_limit_per_source: int = 10
+    challenge_ack_limit_global: int = 1000
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -155,6 +179,11 @@ class Config:
             raise ValueError("user_timeout must be positive or None")
         if self.max_retransmissions < 1 or self.initial_window < 1:
             raise ValueError("max_retransmissions and initial_window must be >= 1")
+        for name in ("max_half_open_per_source", "max_connections", "challenge_ack_limit_global"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.rst_rate_limit < 0 or self.rst_rate_limit_per_source < 0:
+            raise ValueError("rst_rate_limit and rst_rate_limit_per_source must be >= 0")
 
     def _check_types(self) -> None:
         """Each field against its annotation: bool, int (not bool), float (int accepted),

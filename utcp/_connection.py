@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from . import _congestion
 from ._buffers import BLOCK_OVERHEAD, ReceiveBuffer, SendBuffer
@@ -44,6 +45,7 @@ from ._events import (
     StateChanged,
 )
 from ._kernel_errors import ERROR_TEXT, kernel_error
+from ._limits import challenge_ack
 from ._loss_recovery import LossRecovery
 from ._rack import Rack
 from ._recovery import Scoreboard, SentSegment
@@ -194,6 +196,7 @@ class Connection:
         self._last_recv_time = 0.0
         self._challenge_window_start = 0.0
         self._challenge_count = 0
+        self.challenge_gate: Callable[[float], bool] | None = None  # the host's limit
         self._passive = False
         self.orphaned = False
         self._force_send = False  # a persist timeout: send even a small or probe segment
@@ -639,8 +642,10 @@ class Connection:
                 self._ack_now = True
             return True
         self._drop("outside receive window")
-        if seg.flags & RST:
-            return False
+        if seg.flags & (RST | SYN):
+            if not seg.flags & RST:
+                self._challenge_ack(now)  # RFC 5961 4.2: a SYN at any sequence number
+            return False  # RFC 5961 3.2: a RST outside the window is dropped silently
         if seg.payload and seg_off < rcv_nxt:
             # RFC 2883 4.1.1: old data is reported in the first SACK block (a D-SACK).
             self._report_duplicate(seg_off, min(seg_off + len(seg.payload), rcv_nxt))
@@ -917,14 +922,7 @@ class Connection:
             self._enter_time_wait(now)
 
     def _challenge_ack(self, now: float) -> None:
-        # RFC 5961 7: rate-limit challenge ACKs.
-        if now - self._challenge_window_start >= 1.0:
-            self._challenge_window_start = now
-            self._challenge_count = 0
-        if self._challenge_count < self.config.challenge_ack_limit:
-            self._challenge_count += 1
-            self.stats.challenge_acks_sent += 1
-            self._ack_now = True
+        challenge_ack(self, now)  # RFC 5961 7: rate-limited, per connection and per host
 
     def _update_ts_recent(self, seg: Segment, now: float) -> None:
         # RFC 7323 4.3 (2): TS.Recent takes TSval when SEG.SEQ <= Last.ACK.sent.

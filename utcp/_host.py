@@ -38,8 +38,19 @@ from dataclasses import dataclass, field
 from ._config import Config
 from ._connection import Connection
 from ._errors import KernelError
+from ._limits import ChallengeAckLimit, PerSourceBuckets, TokenBucket
 from ._seq import seq_gt
 from ._state import SYNCHRONIZED, State
+from ._syncookies import (
+    COOKIE_PERIOD,
+    MAX_COOKIE_AGE,
+    SynCookies,
+    cookie_synack,
+    cookie_tsval,
+    decode_ack,
+    open_from_cookie,
+    ts_clock,
+)
 from ._wire import ACK, RST, SYN, Address, DecodeError, Segment, decode_untrusted, encode, reset_for
 
 ErrorFactory = Callable[[], Exception]
@@ -51,9 +62,6 @@ IssFunction = Callable[[bytes, float], int]
 
 EPHEMERAL_FIRST = 49152
 EPHEMERAL_LAST = 65535
-# RFC 9293 3.10.7.1 answers strays with RST; rate-limited like BSD's "icmplim" so a flood
-# of garbage cannot turn us into an amplifier.
-RST_PER_SECOND = 200
 
 
 @dataclass
@@ -63,8 +71,19 @@ class HostStats:
     malformed_drops: int = 0
     checksum_drops: int = 0
     resets_sent: int = 0
-    resets_rate_limited: int = 0
-    syns_dropped_backlog: int = 0
+    resets_rate_limited: int = 0  # RSTs not sent: the global bucket was empty
+    resets_rate_limited_per_source: int = 0  # ... the source's bucket was empty
+    syns_dropped_backlog: int = 0  # the accept queue was full
+    syns_dropped_half_open: int = 0  # SYN queue or per-source bound full, cookies off
+    syns_dropped_connection_limit: int = 0  # SYNs and cookie ACKs past max_connections
+    syn_cookies_sent: int = 0
+    syn_cookies_validated: int = 0  # cookie ACKs that opened a connection
+    syn_cookies_rejected: int = 0  # ACKs to a listener that were no valid cookie
+    syn_cookies_dropped: int = 0  # valid cookie ACKs dropped: accept queue full
+    synacks_trimmed: int = 0  # SYN-ACKs sent without MSS option to fit the SYN's size
+    amplification_drops: int = 0  # datagrams withheld: more than an unvalidated peer sent
+    challenge_acks_sent: int = 0  # RFC 5961 challenge ACKs the global limit let through
+    challenge_acks_rate_limited: int = 0  # ... and those it stopped
     connection_failures: int = 0  # connections aborted because the core raised inside them
     kernel_errors: int = 0  # ICMP errors and failed sends reported by the transport
     kernel_errors_unmatched: int = 0  # of which: no connection (or several) to blame
@@ -73,13 +92,37 @@ class HostStats:
 
 
 class _Listener:
-    __slots__ = ("accept_queue", "backlog", "config", "pending")
+    __slots__ = ("accept_queue", "backlog", "config", "cookies_sent_at", "half_open", "pending")
 
     def __init__(self, backlog: int, config: Config) -> None:
         self.backlog = backlog
         self.config = config
         self.pending: set[Connection] = set()
         self.accept_queue: deque[Connection] = deque()
+        self.half_open: dict[str, int] = {}  # pending connections per source IP address
+        self.cookies_sent_at: float | None = None
+
+    def syn_queue_full(self, source: str, per_source: int) -> bool:
+        """RFC 4987 3.6: whether a SYN from ``source`` must get a cookie rather than state:
+        the SYN queue (half-open connections, bounded by the backlog as in Linux) is full,
+        or that source holds ``per_source`` of them."""
+        return len(self.pending) >= self.backlog or self.half_open.get(source, 0) >= per_source
+
+    def add_pending(self, conn: Connection, source: str) -> None:
+        self.pending.add(conn)
+        self.half_open[source] = self.half_open.get(source, 0) + 1
+
+    def remove_pending(self, conn: Connection) -> None:
+        if conn not in self.pending:
+            return
+        self.pending.discard(conn)
+        addr = conn.remote_address
+        assert addr is not None
+        left = self.half_open[addr[0]] - 1
+        if left:
+            self.half_open[addr[0]] = left
+        else:
+            del self.half_open[addr[0]]
 
 
 class Host:
@@ -104,8 +147,14 @@ class Host:
         self.listeners: dict[int, _Listener] = {}
         self.stats = HostStats()
         self._out: list[tuple[bytes, Address]] = []
-        self._rst_tokens = float(RST_PER_SECOND)
-        self._rst_time = 0.0
+        self._rst_bucket = TokenBucket(config.rst_rate_limit)
+        self._rst_per_source = PerSourceBuckets(config.rst_rate_limit_per_source)
+        self._cookies = SynCookies(isn_key)
+        self._challenge_limit = ChallengeAckLimit(config.challenge_ack_limit_global, isn_key)
+        # Half-open passive connections: bytes they may still send to their unvalidated
+        # peer (docs/HARDENING.md "Amplification"), and the size of the datagram in hand.
+        self._unvalidated: dict[Connection, int] = {}
+        self._rx_len = 0
         self._next_ephemeral = EPHEMERAL_FIRST
         self._now = 0.0  # the latest time we were given (for failures found outside a call)
         # Work pending: connections touched since the last flush (insertion-ordered, so
@@ -170,6 +219,8 @@ class Host:
         key = (remote, rport, lport)
         if key in self.connections:
             raise OSError(errno.EADDRINUSE, f"connection {key} already exists")
+        if len(self.connections) >= self.config.max_connections:
+            raise OSError(errno.ENOBUFS, "Config.max_connections reached")
         conn = self._new_connection(config or self.config, remote, rport, lport, now)
         conn.connect(now)
         self.connections[key] = conn
@@ -205,10 +256,13 @@ class Host:
                 return port
         raise OSError(errno.EADDRNOTAVAIL, "no free local TCP port")
 
+    def _conn_id(self, remote: Address, rport: int, lport: int) -> bytes:
+        return f"{self.address[0]}|{lport}|{remote[0]}|{remote[1]}|{rport}".encode()
+
     def _new_connection(
         self, config: Config, remote: Address, rport: int, lport: int, now: float
     ) -> Connection:
-        conn_id = f"{self.address[0]}|{lport}|{remote[0]}|{remote[1]}|{rport}".encode()
+        conn_id = self._conn_id(remote, rport, lport)
         iss = self._iss_function(conn_id, now) if self._iss_function else None
         conn = Connection(
             config,
@@ -220,6 +274,7 @@ class Host:
             iss=iss,
         )
         conn.remote_address = remote
+        conn.challenge_gate = self._challenge_gate
         return conn
 
     # ------------------------------------------------------------ input
@@ -231,6 +286,7 @@ class Host:
         self._now = now
         for data, addr in batch:
             self.stats.datagrams_received += 1
+            self._rx_len = len(data)
             try:
                 seg = decode_untrusted(data)
             except DecodeError as exc:
@@ -292,6 +348,8 @@ class Host:
             conn = None
         if conn is not None:
             self.touch(conn)
+            if conn in self._unvalidated:
+                self._unvalidated[conn] += self._rx_len
             try:
                 conn.receive_segment(seg, now)
             except Exception as exc:
@@ -304,19 +362,32 @@ class Host:
             self._count_drop("no SYN in LISTEN")
             return
         if lst is not None and seg.flags & SYN and not seg.flags & (ACK | RST):
-            if len(lst.pending) + len(lst.accept_queue) >= lst.backlog:
-                self.stats.syns_dropped_backlog += 1
+            if len(lst.accept_queue) >= lst.backlog:
+                self.stats.syns_dropped_backlog += 1  # Linux drops these too (ListenOverflows)
+                return
+            if len(self.connections) >= self.config.max_connections:
+                self.stats.syns_dropped_connection_limit += 1
+                return
+            if lst.syn_queue_full(addr[0], self.config.max_half_open_per_source):
+                self._answer_with_cookie(lst, seg, addr, now)
                 return
             conn = self._new_connection(lst.config, addr, seg.src_port, seg.dst_port, now)
             conn.listen()
             self.connections[key] = conn
-            lst.pending.add(conn)
+            lst.add_pending(conn, addr[0])
             self._pending_of[conn] = lst
+            self._unvalidated[conn] = self._rx_len
             self.touch(conn)
             try:
                 conn.receive_segment(seg, now)
             except Exception as exc:
                 self._fail(conn, exc, now)
+            return
+        if (
+            lst is not None
+            and seg.flags & (ACK | SYN | RST) == ACK
+            and self._open_from_cookie(lst, seg, addr, now)
+        ):
             return
         # RFC 9293 3.10.7.1: no connection: answer anything but a RST with a RST.
         self._count_drop("no connection")
@@ -334,15 +405,90 @@ class Host:
             return seq_gt(seg.timestamps[0], conn.ts_recent)
         return seq_gt(seg.seq, conn.rcv_nxt)
 
+    def _answer_with_cookie(self, lst: _Listener, syn: Segment, addr: Address, now: float) -> None:
+        """RFC 4987 3.6: a SYN-ACK whose ISN and TSval remember the SYN; no state is kept."""
+        if not lst.config.syn_cookies:
+            self.stats.syns_dropped_half_open += 1
+            return
+        conn_id = self._conn_id(addr, syn.src_port, syn.dst_port)
+        isn = self._cookies.make_isn(conn_id, syn.seq, syn.mss or 536, now)
+        tsval = None
+        if syn.timestamps is not None and lst.config.timestamps:
+            tsval = cookie_tsval(ts_clock(self._isn_key, conn_id, now), syn, lst.config)
+        synack = cookie_synack(syn, lst.config, isn=isn, tsval=tsval, ipv6=self.ipv6)
+        data = self._fit(encode(synack), self._rx_len)
+        if data is None:
+            return
+        lst.cookies_sent_at = now
+        self.stats.syn_cookies_sent += 1
+        self._out.append((data, addr))
+
+    def _open_from_cookie(self, lst: _Listener, ack: Segment, addr: Address, now: float) -> bool:
+        """An ACK to a listener: if it returns a valid cookie, the connection it completes
+        goes to the accept queue. Returns whether the segment was taken (else it is
+        answered like any segment for no connection)."""
+        sent = lst.cookies_sent_at
+        if sent is None or now - sent > MAX_COOKIE_AGE * COOKIE_PERIOD:
+            return False  # Linux: no cookie sent lately, none can be coming back
+        conn_id = self._conn_id(addr, ack.src_port, ack.dst_port)
+        isn = (ack.ack - 1) & 0xFFFFFFFF
+        mss = self._cookies.check_isn(conn_id, (ack.seq - 1) & 0xFFFFFFFF, isn, now)
+        syn = decode_ack(ack, mss, lst.config) if mss is not None else None
+        if syn is None:
+            self.stats.syn_cookies_rejected += 1
+            return False
+        if len(lst.accept_queue) >= lst.backlog:
+            self.stats.syn_cookies_dropped += 1
+            return True
+        if len(self.connections) >= self.config.max_connections:
+            self.stats.syns_dropped_connection_limit += 1
+            return True
+        self.stats.syn_cookies_validated += 1
+        conn = self._new_connection(lst.config, addr, ack.src_port, ack.dst_port, now)
+        self.connections[(addr, ack.src_port, ack.dst_port)] = conn
+        lst.add_pending(conn, addr[0])
+        self._pending_of[conn] = lst
+        self.touch(conn)
+        try:
+            open_from_cookie(conn, ack, isn, syn, now)
+        except Exception as exc:
+            self._fail(conn, exc, now)
+        return True
+
+    def _fit(self, data: bytes, budget: int) -> bytes | None:
+        """``data`` for an unvalidated peer that sent us ``budget`` bytes: as is, without
+        its MSS option if that makes a SYN-ACK fit (RFC 9293 3.7.1: the peer then assumes
+        536), or None: never more bytes than it sent (docs/HARDENING.md)."""
+        if len(data) > budget:
+            seg = decode_untrusted(data)
+            if seg.flags & SYN and seg.mss is not None:
+                seg.mss = None
+                data = encode(seg)
+                if len(data) <= budget:
+                    self.stats.synacks_trimmed += 1
+                    return data
+            self.stats.amplification_drops += 1
+            return None
+        return data
+
+    def _challenge_gate(self, now: float) -> bool:
+        """RFC 5961 7 over the whole host (``Connection.challenge_gate``)."""
+        if self._challenge_limit.allow(now):
+            self.stats.challenge_acks_sent += 1
+            return True
+        self.stats.challenge_acks_rate_limited += 1
+        return False
+
     def _send_rst(self, rst: Segment, addr: Address, now: float) -> None:
-        self._rst_tokens = min(
-            float(RST_PER_SECOND), self._rst_tokens + (now - self._rst_time) * RST_PER_SECOND
-        )
-        self._rst_time = now
-        if self._rst_tokens < 1:
+        # RFC 9293 3.10.7.1 answers strays with a RST (20 bytes, never more than the segment
+        # that drew it), rate-limited in all and per source so that a flood of garbage
+        # cannot aim RSTs at a victim.
+        if not self._rst_bucket.take(now):
             self.stats.resets_rate_limited += 1
             return
-        self._rst_tokens -= 1
+        if not self._rst_per_source.take(addr[0], now):
+            self.stats.resets_rate_limited_per_source += 1
+            return
         self.stats.resets_sent += 1
         self._out.append((encode(rst), addr))
 
@@ -412,7 +558,15 @@ class Host:
         except Exception as exc:
             self._fail(conn, exc, now)
             return
+        budget = self._unvalidated.get(conn)
         for data in datagrams:
+            if budget is not None and conn.state not in SYNCHRONIZED:
+                fitted = self._fit(data, budget)
+                if fitted is None:
+                    continue
+                budget -= len(fitted)
+                self._unvalidated[conn] = budget
+                data = fitted
             self._out.append((data, addr))
 
     def _arm_touched(self) -> None:
@@ -453,7 +607,8 @@ class Host:
             lst = self._pending_of.get(conn)
             if lst is not None and conn.state in SYNCHRONIZED:
                 del self._pending_of[conn]
-                lst.pending.discard(conn)
+                self._unvalidated.pop(conn, None)
+                lst.remove_pending(conn)
                 lst.accept_queue.append(conn)
                 self._accept_grew.add(conn.local_port)
             elif conn.state is State.CLOSED:
@@ -468,7 +623,8 @@ class Host:
             del self.connections[key]
         lst = self._pending_of.pop(conn, None)
         if lst is not None:
-            lst.pending.discard(conn)
+            lst.remove_pending(conn)
+        self._unvalidated.pop(conn, None)
         self._deadline.pop(conn, None)
         self._entry.pop(conn, None)
 

@@ -31,6 +31,8 @@ CORE = [
     "_loss_recovery.py",
     "_pacing.py",
     "_kernel_errors.py",
+    "_limits.py",
+    "_syncookies.py",
 ]
 FORBIDDEN = {
     "trio",

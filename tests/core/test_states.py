@@ -862,6 +862,17 @@ class TestEstablishedReceive:
         assert sent == [1, 1, 0, 0, 1]
         assert conn.state is State.ESTABLISHED
 
+    def test_syn_outside_window_draws_a_rate_limited_challenge_ack(self) -> None:
+        # RFC 5961 4.2: a SYN "irrespective of the sequence number" gets a challenge ACK,
+        # and 7 rate-limits it like every other (it is no plain duplicate ACK).
+        conn = established(CONFIG.replace(challenge_ack_limit=2))
+        sent = []
+        for t in (1.0, 1.1, 1.2):
+            conn.receive_segment(peer(SYN, 2**31, window=65535), t)
+            sent.append(conn.segments_to_send(t))
+        assert sent == [[ours(ACK, 1, 1)], [ours(ACK, 1, 1)], []]
+        assert conn.stats.challenge_acks_sent == 2
+
     def test_paws_drops_old_timestamp_with_ack(self) -> None:
         conn = established(ts=True)
         conn.receive_segment(peer(ACK, 1, 1, b"new" * 8, timestamps=(peer_ts(1.0), 0)), 1.0)
