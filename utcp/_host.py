@@ -436,6 +436,13 @@ class Host:
         syn = decode_ack(ack, mss, lst.config) if mss is not None else None
         if syn is None:
             self.stats.syn_cookies_rejected += 1
+            if ack.payload or ack.fin:
+                # A deliberate departure from RFC 9293 3.10.7.2 (a RST for any ACK in
+                # LISTEN): while cookies are in use, data past ISN + 1 is most likely a
+                # client whose cookie-completing ACK was lost; a RST would reset it, while
+                # silence brings its retransmission from SND.UNA, which carries the cookie.
+                self._count_drop("data failing the cookie check")
+                return True
             return False
         if len(lst.accept_queue) >= lst.backlog:
             self.stats.syn_cookies_dropped += 1
