@@ -35,6 +35,7 @@ SOURCES: tuple[Address, ...] = (
     ("2001:db8::7", 5353),
 )
 MAX_RECORDS = 32
+TIMER_ROUNDS = 4  # retransmissions (SYN-ACKs to strangers among them) run too
 
 
 def split(data: bytes) -> list[tuple[int, bytes]]:
@@ -69,6 +70,7 @@ class ReceiveTarget:
         self.pair.net.run_for(0.001)
         self.now = self.pair.now + 0.001
         self.sent_to: dict[Address, int] = {}
+        self.received_from: dict[Address, int] = {}
 
     def feed(self, records: list[tuple[int, bytes]]) -> None:
         """Hand the records to the host as one batch, then drain, and run a timer."""
@@ -87,13 +89,17 @@ class ReceiveTarget:
                 )
                 fixed[16:18] = b"\0\0"
                 datagram = bytes(fixed)
-            batch.append((datagram, SOURCES[(mode >> 1) & 3]))
+            source = SOURCES[(mode >> 1) & 3]
+            batch.append((datagram, source))
+            self.received_from[source] = self.received_from.get(source, 0) + len(datagram)
         before = host.stats.datagrams_received
         host.receive_datagrams(batch, self.now)
         assert host.stats.datagrams_received == before + len(batch)
         self.drain()
-        deadline = host.next_timer()
-        if deadline is not None:
+        for _ in range(TIMER_ROUNDS):
+            deadline = host.next_timer()
+            if deadline is None:
+                break
             self.now = max(self.now, deadline)
             host.handle_timer(self.now)
             self.drain()
@@ -114,6 +120,11 @@ class ReceiveTarget:
         assert deadline is None or deadline >= 0.0
         for conn in host.connections.values():
             assert conn.bytes_in_flight >= 0 and conn.rcv_wnd >= 0
+        # Issue 15 (docs/HARDENING.md "Amplification"): no more bytes to an address that
+        # never completed a handshake than it sent us.
+        for source in SOURCES[1:]:
+            sent, received = self.sent_to.get(source, 0), self.received_from.get(source, 0)
+            assert sent <= received, (source, sent, received)
 
 
 def run_input(data: bytes) -> ReceiveTarget:
