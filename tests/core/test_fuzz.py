@@ -42,7 +42,7 @@ from utcp._connection import Connection
 from utcp._errors import UtcpStateError
 from utcp._events import StateChanged
 from utcp._seq import MASK
-from utcp._state import TRANSITIONS, State
+from utcp._state import SYNCHRONIZED, TRANSITIONS, State
 from utcp._wire import (
     ACK,
     FIN,
@@ -173,6 +173,9 @@ class Run:
             assert self.irs == conn.irs
         if self.stream_checked and self.received:
             assert bytes(self.received) == stream_bytes((conn.irs + 1) & MASK, len(self.received))
+        if conn.state in SYNCHRONIZED:
+            # Every byte we acknowledged (RCV.NXT past the SYN) was read or is still readable.
+            assert len(self.received) + conn.readable == conn.rcvbuf.nxt - 1
 
     def read(self, n: int) -> None:
         if not self.received:
