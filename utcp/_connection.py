@@ -706,11 +706,11 @@ class Connection:
         # RFC 5961 5.2: acceptable if SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT.
         if ack_off > self._snd_nxt:
             self._drop("ACK for data not yet sent")
-            self._ack_now = True
+            self._challenge_ack(now)  # RFC 5961 5.2 and 7: an ACK back, rate-limited
             return False
         if ack_off < self._snd_una - max(self.max_snd_wnd, 1):
             self._drop("ACK too old (RFC 5961 5.2)")
-            self._ack_now = True
+            self._challenge_ack(now)
             return False
         self._ack_accepted(seg, now)
         self._process_ack(seg, ack_off, now)
@@ -1223,7 +1223,9 @@ class Connection:
             fin_to_send = self._fin_pending() and nxt == data_end
             if queued <= 0 and not fin_to_send:
                 return
-            cwnd_room = mss if probe else max(self.recovery.send_budget(), 0)
+            cwnd_room = (
+                mss if probe else max(self.recovery.new_data_budget(self.sndbuf.capacity), 0)
+            )
             if not probe and not self.recovery.pacing_allows(now) and sb.pipe > 0:
                 cwnd_room = 0
             usable = min(wnd_edge - nxt, cwnd_room)
@@ -1342,9 +1344,10 @@ class Connection:
     def _ooo_memory_limit(self) -> int:
         """What out-of-order data may cost (payload plus per-block overhead): the receive
         buffer filled with full-sized segments. Smaller segments reach it with less
-        payload, and the highest blocks are then dropped (RFC 2018 8)."""
+        payload, and the highest blocks are then dropped (RFC 2018 8). A peer's tiny MSS
+        does not raise it: segments are counted at 536 bytes at least (RFC 9293 3.7.1)."""
         cap = self._rcv_wnd_capacity
-        return cap + (cap // self.effective_mss + 1) * BLOCK_OVERHEAD
+        return cap + (cap // max(self.effective_mss, DEFAULT_PEER_MSS) + 1) * BLOCK_OVERHEAD
 
     def _window_space(self) -> int:
         """Receive-buffer space beyond RCV.NXT, no more than the window field can carry

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import ipaddress
 import itertools
 import logging
 from collections import deque
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from ._config import Config
 from ._connection import Connection
 from ._errors import KernelError
-from ._limits import ChallengeAckLimit, PerSourceBuckets, TokenBucket
+from ._limits import ChallengeAckLimit, PerSourceBuckets, TokenBucket, connection_memory
 from ._seq import seq_gt
 from ._state import SYNCHRONIZED, State
 from ._syncookies import (
@@ -89,6 +90,16 @@ class HostStats:
     kernel_errors_unmatched: int = 0  # of which: no connection (or several) to blame
     kernel_errors_ignored: int = 0  # of which: the connection had no such segment in flight
     drops: dict[str, int] = field(default_factory=dict)
+
+
+def _is_loopback(ip: str) -> bool:
+    """A loopback source cannot be forged from outside the machine: Linux exempts it from
+    its per-peer ICMP rate limit (icmpv4_xrlim_allow), and so does the per-source RST
+    limit here (the global one still applies)."""
+    try:
+        return ipaddress.ip_address(ip.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class _Listener:
@@ -242,6 +253,11 @@ class Host:
         for port in list(self.listeners):
             self.unlisten(port, now)
         self._settle(now)
+
+    def memory_charged(self) -> int:
+        """The memory all connections hold, as ``_limits.connection_memory`` charges it (a
+        walk over every connection: for statistics, not for each datagram)."""
+        return sum(connection_memory(conn) for conn in self.connections.values())
 
     def _pick_local_port(self, remote: Address, rport: int) -> int:
         # By default a client's TCP port is its UDP port (WIRE.md); further connections to
@@ -493,7 +509,7 @@ class Host:
         if not self._rst_bucket.take(now):
             self.stats.resets_rate_limited += 1
             return
-        if not self._rst_per_source.take(addr[0], now):
+        if not _is_loopback(addr[0]) and not self._rst_per_source.take(addr[0], now):
             self.stats.resets_rate_limited_per_source += 1
             return
         self.stats.resets_sent += 1

@@ -1,4 +1,5 @@
-"""Rate limits a host applies to answers it owes nobody in particular (docs/HARDENING.md).
+"""Rate limits a host applies to answers it owes nobody in particular, and what a
+connection's memory is charged (docs/HARDENING.md).
 
 ``TokenBucket`` and ``PerSourceBuckets`` bound the RSTs that answer segments for no
 connection (RFC 9293 3.10.7.1), globally and per source address, so garbage cannot make the
@@ -13,6 +14,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._connection import Connection
+
+# Real memory per segment in flight beyond its payload (which the send buffer holds once):
+# its SentSegment, the boxed times and offsets it points to and its scoreboard slot cost
+# about 152 bytes in CPython (tracemalloc), like Linux's per-skb truesize overhead.
+SEGMENT_OVERHEAD = 160
+# A queued event (a small frozen dataclass and its deque slot).
+EVENT_OVERHEAD = 64
 
 
 class TokenBucket:
@@ -105,3 +113,17 @@ def challenge_ack(conn: Connection, now: float) -> None:
         conn._challenge_count += 1
         conn.stats.challenge_acks_sent += 1
         conn._ack_now = True
+
+
+def connection_memory(conn: Connection) -> int:
+    """What ``conn`` holds, charged in real memory: payload in its send and receive
+    buffers, out-of-order blocks with their ``_buffers.BLOCK_OVERHEAD``, ``SEGMENT_OVERHEAD`` per
+    segment in flight and ``EVENT_OVERHEAD`` per queued event. Each term is bounded by the
+    connection's buffer sizes, whatever the peer does (docs/HARDENING.md "Memory")."""
+    return (
+        len(conn.sndbuf)
+        + len(conn.scoreboard) * SEGMENT_OVERHEAD
+        + len(conn.rcvbuf)
+        + conn.rcvbuf.ooo_memory
+        + len(conn._events) * EVENT_OVERHEAD
+    )

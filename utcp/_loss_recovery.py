@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from . import _congestion
 from ._config import Config
+from ._limits import SEGMENT_OVERHEAD
 from ._pacing import Pacer, pacing_rate
 from ._rack import Rack, probe_timeout
 from ._recovery import DUP_THRESH, Prr, Scoreboard, SentSegment
@@ -126,6 +127,15 @@ class LossRecovery:
             # RFC 3042 2: limited transmit: one new segment on each of the first two dupACKs.
             room += self._dupacks * self.mss
         return room
+
+    def new_data_budget(self, send_buffer_size: int) -> int:
+        """``send_budget`` for new data: none while the segments in flight already cost as
+        much bookkeeping as the send buffer holds payload (``SEGMENT_OVERHEAD`` each), so a
+        peer claiming a tiny MSS cannot multiply the memory a connection holds (Linux
+        charges each skb's overhead to the send buffer). Retransmissions are not held."""
+        if len(self.scoreboard) >= max(64, send_buffer_size // SEGMENT_OVERHEAD):
+            return 0
+        return self.send_budget()
 
     def output_started(self) -> None:
         """An output pass begins: it decides afresh whether pacing holds it back."""

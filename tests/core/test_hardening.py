@@ -101,6 +101,11 @@ class TestResetRateLimit:
         host.receive_datagrams([(self.stray(p), ("198.18.1.1", p)) for p in range(50)], 0.5)
         assert len(host.datagrams_to_send(0.5)) == 5  # refilled at 10 per second
 
+    def test_loopback_sources_are_limited_only_globally(self) -> None:
+        host = Host(Config(rst_rate_limit_per_source=10), address=SERVER, isn_key=KEY)
+        host.receive_datagrams([(self.stray(p), ("127.0.0.1", p)) for p in range(50)], 0.0)
+        assert len(host.datagrams_to_send(0.0)) == 50
+
     def test_rsts_are_limited_globally(self) -> None:
         host = Host(Config(rst_rate_limit=20), address=SERVER, isn_key=KEY)
         batch = [(self.stray(1), (f"198.18.{i // 200}.{i % 200 + 1}", 1)) for i in range(100)]

@@ -835,6 +835,18 @@ class TestEstablishedReceive:
         assert conn.segments_to_send(1.0) == [ours(ACK, 1, 1)]
         assert conn.readable == 0
 
+    @pytest.mark.parametrize("ack", [1000, -(2**20)], ids=["unsent", "too-old"])
+    def test_unacceptable_acks_draw_rate_limited_challenge_acks(self, ack: int) -> None:
+        # RFC 5961 5.2: discarded "and an ACK sent back"; 7: throttled like every challenge
+        # ACK, so forged ACKs cannot draw an unbounded stream of them.
+        conn = established(CONFIG.replace(challenge_ack_limit=2))
+        sent = []
+        for t in (1.0, 1.1, 1.2):
+            conn.receive_segment(peer(ACK, 1, 1 + ack - conn.max_snd_wnd * (ack < 0)), t)
+            sent.append(conn.segments_to_send(t))
+        assert sent == [[ours(ACK, 1, 1)], [ours(ACK, 1, 1)], []]
+        assert conn.stats.challenge_acks_sent == 2
+
     def test_old_but_acceptable_ack_still_delivers_text(self) -> None:
         # RFC 9293 3.10.7.4 fifth: a duplicate ACK (SEG.ACK < SND.UNA) is ignored, the
         # segment's text is still processed.
