@@ -9,9 +9,9 @@ goes straight into the victim's host, as if it had just arrived from the peer's 
     RST, seq in the window but not RCV.NXT   challenge ACK, no reset (RFC 5961 3.2)
     RST, seq just outside the window         dropped silently (RFC 5961 3.2)
     SYN, seq anywhere                        challenge ACK, no reset (RFC 5961 4.2)
-    data at RCV.NXT, ACK above SND.NXT       dropped, an ACK sent (RFC 9293 3.10.7.4 fifth)
+    data at RCV.NXT, ACK above SND.NXT       dropped, a challenge ACK (RFC 5961 5.2 and 7)
     data at RCV.NXT, ACK below SND.UNA -
-        MAX.SND.WND                          dropped, an ACK sent (RFC 5961 5.2)
+        MAX.SND.WND                          dropped, a challenge ACK (RFC 5961 5.2 and 7)
     data just outside the receive window     dropped, an ACK sent (RFC 9293 3.10.7.4 first)
 
 The connection must survive all of them and deliver both directions intact (sha256), with
@@ -35,7 +35,7 @@ from utcp.testing import CLIENT_ADDR, SERVER_ADDR, HostPair, LinkConfig, random_
 
 FORGED = b"FORGED-BY-AN-OFF-PATH-ATTACKER"
 OPEN = (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSE_WAIT)
-# Virtual seconds between volleys: 5 challenges each, 250 a second, under the per-connection
+# Virtual seconds between volleys: 7 challenges each, 350 a second, under the per-connection
 # limit the test sets (1,000) and the host's (at least 500: Config.challenge_ack_limit_global
 # 1,000, randomised per second from 500 to 1,499 like Linux).
 VOLLEY_INTERVAL = 0.02
@@ -90,8 +90,8 @@ class Attacker:
         if self.volleys == 1:
             assert conn.max_snd_wnd > 0
         old = una - conn.max_snd_wnd - 1
-        self.hit(self.forge(ACK | PSH, nxt, snd_nxt + 1, FORGED), now, challenge=False)
-        self.hit(self.forge(ACK | PSH, nxt, old, FORGED), now, challenge=False)
+        self.hit(self.forge(ACK | PSH, nxt, snd_nxt + 1, FORGED), now, challenge=True)
+        self.hit(self.forge(ACK | PSH, nxt, old, FORGED), now, challenge=True)
         # Data just outside the receive window, with an acceptable ACK.
         self.hit(self.forge(ACK, nxt - len(FORGED), una, FORGED), now, challenge=False)
         self.hit(self.forge(ACK, nxt + wnd, una, FORGED), now, challenge=False)
