@@ -10,9 +10,11 @@ working client. Found by the chaos test (seeds 6, 16, 17 and 21 of tests/core/te
 
 from __future__ import annotations
 
+from _factories import CONFIG, T_SYN, peer_syn, peer_ts, settle, syn_received
+
 from utcp._config import Config
 from utcp._state import State
-from utcp._wire import ACK, decode_untrusted
+from utcp._wire import ACK, SYN, decode_untrusted
 from utcp.testing import CLIENT_ADDR, SERVER_ADDR, HostPair
 from utcp.testing._network import Address
 
@@ -52,3 +54,17 @@ def test_keepalive_completes_a_handshake_whose_final_ack_was_lost() -> None:
     pair.net.run(lambda: client.readable >= 21, timeout=5.0)
     assert client.receive(100) == b"hello from the server"
     assert client.error is None and server.error is None
+
+
+def test_synack_answering_a_retransmitted_syn_echoes_its_timestamp() -> None:
+    # RFC 7323 4.3 (2): a retransmitted SYN (SEG.SEQ = IRS <= Last.ACK.sent, newer TSval)
+    # updates TS.Recent, so the SYN-ACK it draws echoes it. Echoing the first SYN's TSval
+    # instead hands the client an RTT sample as long as its SYN retransmissions took (6 s
+    # in chaos seed 49, where the first SYN-ACK was lost and, with the amplification bound,
+    # not resent until the third SYN paid for it): its RTO grew past its user timeout.
+    conn = syn_received(CONFIG, ts=True)
+    later = T_SYN + 6.0
+    conn.receive_segment(peer_syn(ts=True, timestamps=(peer_ts(later), 0)), later)
+    (synack,) = settle(conn, later)
+    assert synack.flags == SYN | ACK
+    assert synack.timestamps is not None and synack.timestamps[1] == peer_ts(later)
