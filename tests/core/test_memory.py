@@ -5,6 +5,7 @@ reads. The bounds are checked on ``limits.connection_memory`` and with tracemall
 
 from __future__ import annotations
 
+import random
 import tracemalloc
 
 from _factories import CONFIG, L, established, peer
@@ -91,3 +92,28 @@ def test_a_tiny_mss_does_not_multiply_the_send_sides_bookkeeping() -> None:
     before = conn.snd_nxt
     conn.segments_to_send(1.2)
     assert conn.snd_nxt != before and conn.snd_una == L(1 + 64 * 100)
+
+
+def test_forged_sack_blocks_grow_no_state() -> None:
+    # RFC 2018 / RFC 6675: blocks outside (SND.UNA, SND.NXT] are ignored; D-SACKs for
+    # data never retransmitted change nothing: 8,000 forged blocks leave no trace.
+    conn = established()
+    conn.send(b"w" * 100 * 1400)
+    conn.segments_to_send(1.0)
+    in_flight = len(conn.scoreboard)
+    rng = random.Random(8)
+
+    def forge() -> None:
+        for i in range(2_000):
+            blocks = []
+            for _ in range(4):
+                lo = rng.randrange(-(2**20), 2**21)
+                blocks.append((L(lo), L(lo + rng.randrange(1, 5000))))
+            conn.receive_segment(peer(ACK, 1, 1, sack_blocks=tuple(blocks)), 1.0 + i * 1e-5)
+            if i % 100 == 0:
+                conn.segments_to_send(1.0 + i * 1e-5)
+
+    grown = traced_growth(forge)
+    assert conn.snd_una == L(1) and len(conn.scoreboard) >= in_flight
+    assert len(conn.scoreboard) <= in_flight + 200  # at most what the window let out since
+    assert grown <= 256 * 1024
