@@ -82,13 +82,13 @@ def near_valid(draw: st.DrawFn) -> tuple[bytes, str | None]:
     return with_checksum(good), None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=120))
 def test_decoder_takes_any_bytes(data: bytes) -> None:
     decode_only(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(near_valid())
 def test_decoder_rejects_near_valid_datagrams_for_the_right_reason(
     case: tuple[bytes, str | None],
@@ -151,7 +151,7 @@ def records(draw: st.DrawFn) -> list[tuple[int, bytes]]:
     return out
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(records())
 def test_host_receive_path_never_raises_and_counts(recs: list[tuple[int, bytes]]) -> None:
     target = run_input(join(recs))
