@@ -35,9 +35,10 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import trio
 
@@ -244,15 +245,27 @@ def orchestrate(args: argparse.Namespace) -> int:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
+        # Each client's result (with every latency) is larger than a pipe's buffer: read
+        # them while the clients run, or a client blocks writing it and never exits.
+        texts: list[str] = ["" for _ in clients]
+
+        def collect(i: int, stream: IO[str]) -> None:
+            texts[i] = stream.read()
+
+        readers = []
+        for i, proc in enumerate(clients):
+            assert proc.stdout is not None
+            readers.append(threading.Thread(target=collect, args=(i, proc.stdout), daemon=True))
+            readers[-1].start()
         peak = rss_established
         while any(proc.poll() is None for proc in clients):
             peak = max(peak, rss_bytes(server.pid))
             time.sleep(1.0)
-        outs = []
-        for proc in clients:
-            assert proc.stdout is not None
-            text = proc.stdout.read().strip()
-            outs.append(json.loads(text.splitlines()[-1]) if text else {"errors": 1})
+        for reader in readers:
+            reader.join(timeout=60.0)
+        outs = [
+            json.loads(t.strip().splitlines()[-1]) if t.strip() else {"errors": 1} for t in texts
+        ]
         latencies = sorted(x for out in outs for x in out.get("latencies_us", []))
         error_kinds: dict[str, int] = {}
         for out in outs:
