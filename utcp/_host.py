@@ -63,6 +63,13 @@ IssFunction = Callable[[bytes, float], int]
 
 EPHEMERAL_FIRST = 49152
 EPHEMERAL_LAST = 65535
+# RFC 9000 8.1's anti-amplification limit: until its address is validated, a half-open
+# connection sends its peer at most 3 times the bytes it received from it. One SYN-ACK per
+# SYN would be 1x, but then a client whose final ACK is lost and that waits for the server
+# to speak would wait forever: its keep-alives cannot complete our handshake (RFC 9293
+# 3.10.7.4 first), only our SYN-ACK retransmission draws a new ACK. Each datagram is also
+# no larger than the largest one received (docs/HARDENING.md "Amplification").
+AMPLIFICATION_FACTOR = 3
 
 
 @dataclass
@@ -164,7 +171,7 @@ class Host:
         self._challenge_limit = ChallengeAckLimit(config.challenge_ack_limit_global, isn_key)
         # Half-open passive connections: bytes they may still send to their unvalidated
         # peer (docs/HARDENING.md "Amplification"), and the size of the datagram in hand.
-        self._unvalidated: dict[Connection, int] = {}
+        self._unvalidated: dict[Connection, list[int]] = {}  # [budget, largest datagram]
         self._rx_len = 0
         self._next_ephemeral = EPHEMERAL_FIRST
         self._now = 0.0  # the latest time we were given (for failures found outside a call)
@@ -364,8 +371,9 @@ class Host:
             conn = None
         if conn is not None:
             self.touch(conn)
-            if conn in self._unvalidated:
-                self._unvalidated[conn] += self._rx_len
+            if (room := self._unvalidated.get(conn)) is not None:
+                room[0] += AMPLIFICATION_FACTOR * self._rx_len
+                room[1] = max(room[1], self._rx_len)
             try:
                 conn.receive_segment(seg, now)
             except Exception as exc:
@@ -392,7 +400,7 @@ class Host:
             self.connections[key] = conn
             lst.add_pending(conn, addr[0])
             self._pending_of[conn] = lst
-            self._unvalidated[conn] = self._rx_len
+            self._unvalidated[conn] = [AMPLIFICATION_FACTOR * self._rx_len, self._rx_len]
             self.touch(conn)
             try:
                 conn.receive_segment(seg, now)
@@ -452,14 +460,12 @@ class Host:
         syn = decode_ack(ack, mss, lst.config) if mss is not None else None
         if syn is None:
             self.stats.syn_cookies_rejected += 1
-            if ack.payload or ack.fin:
-                # A deliberate departure from RFC 9293 3.10.7.2 (a RST for any ACK in
-                # LISTEN): while cookies are in use, data past ISN + 1 is most likely a
-                # client whose cookie-completing ACK was lost; a RST would reset it, while
-                # silence brings its retransmission from SND.UNA, which carries the cookie.
-                self._count_drop("data failing the cookie check")
-                return True
-            return False
+            # A cookie is checked against SEG.SEQ - 1, so it fails for any segment but the
+            # client's first after the handshake. If that one was lost, a later data segment
+            # arrives first: Linux answers it with a RST, killing a good connection. We drop
+            # it unanswered instead, and the client's retransmission of its first segment
+            # opens the connection (a deliberate departure; bare ACKs still get the RST).
+            return ack.seg_len > 0  # data or FIN
         if len(lst.accept_queue) >= lst.backlog:
             self.stats.syn_cookies_dropped += 1
             return True
@@ -479,9 +485,9 @@ class Host:
         return True
 
     def _fit(self, data: bytes, budget: int) -> bytes | None:
-        """``data`` for an unvalidated peer that sent us ``budget`` bytes: as is, without
-        its MSS option if that makes a SYN-ACK fit (RFC 9293 3.7.1: the peer then assumes
-        536), or None: never more bytes than it sent (docs/HARDENING.md)."""
+        """``data`` for an unvalidated peer whose largest datagram had ``budget`` bytes: as
+        is, without its MSS option if that makes a SYN-ACK fit (RFC 9293 3.7.1: the peer
+        then assumes 536), or None: never larger than what it sent (docs/HARDENING.md)."""
         if len(data) > budget:
             seg = decode_untrusted(data)
             if seg.flags & SYN and seg.mss is not None:
@@ -581,14 +587,16 @@ class Host:
         except Exception as exc:
             self._fail(conn, exc, now)
             return
-        budget = self._unvalidated.get(conn)
+        room = self._unvalidated.get(conn)
         for data in datagrams:
-            if budget is not None and conn.state not in SYNCHRONIZED:
-                fitted = self._fit(data, budget)
+            if room is not None and conn.state not in SYNCHRONIZED:
+                fitted = self._fit(data, room[1])
                 if fitted is None:
                     continue
-                budget -= len(fitted)
-                self._unvalidated[conn] = budget
+                if len(fitted) > room[0]:
+                    self.stats.amplification_drops += 1
+                    continue
+                room[0] -= len(fitted)
                 data = fitted
             self._out.append((data, addr))
 

@@ -11,7 +11,7 @@ index) mod 2**24)``, the structure Linux's ``secure_tcp_syn_cookie`` uses: H1 an
 BLAKE2s keyed with a secret derived from the host's RFC 6528 key, ``slice`` counts
 ``COOKIE_PERIOD`` seconds, so the hash behind the low 24 bits changes with every slice (the
 secret rotates), and a cookie is accepted in its own slice and the next
-(``MAX_COOKIE_AGE``). The low 24 bits hold a valid MSS index for about 6 in 2**24 forged
+(``MAX_COOKIE_AGE``). The low 24 bits hold a valid MSS index for 7 in 2**24 forged
 values, so a blind attacker must send millions of ACKs per 4-tuple to open one connection.
 
 Only the MSS fits in the ISN. When the SYN carried timestamps (RFC 7323), the low 6 bits of
@@ -39,11 +39,12 @@ from ._wire import ACK, MAX_WSCALE, SYN, Segment
 # next (MAX_SYNCOOKIE_AGE), so at least 64 s and at most 128 s.
 COOKIE_PERIOD = 64.0
 MAX_COOKIE_AGE = 2
-# The MSS values a cookie can carry; a SYN's MSS is rounded down to one of them. 536 is
-# RFC 9293 3.7.1's default, 1200 leaves room for tunnels, 1432 and 1452 are utcp's defaults
-# over a 1500-byte MTU (IPv6, IPv4; WIRE.md "Sizes"), 8952 is a 9000-byte jumbo frame and
-# 65495 a loopback interface.
-MSS_TABLE = (536, 1200, 1432, 1452, 8952, 65495)
+# The MSS values a cookie can carry; a SYN's MSS is rounded down to one of them, so we
+# never send a segment larger than the peer asked for (RFC 9293 3.7.1). 64 is the least
+# utcp accepts, 536 RFC 9293 3.7.1's default (and a SYN without MSS option), 1200 leaves
+# room for tunnels, 1432 and 1452 are utcp's defaults over a 1500-byte MTU (IPv6, IPv4;
+# WIRE.md "Sizes"), 8952 is a 9000-byte jumbo frame and 65495 a loopback interface.
+MSS_TABLE = (64, 536, 1200, 1432, 1452, 8952, 65495)
 _SLICE_BITS = 8
 _DATA_BITS = 24
 _DATA_MASK = (1 << _DATA_BITS) - 1

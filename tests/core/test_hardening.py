@@ -67,15 +67,34 @@ class TestAmplification:
             Segment(4, SERVER[1], 9, 0, SYN, 1000, mss=1452, sack_permitted=True, wscale=7)
         )
         host.receive_datagrams([(syn, addr)], 0.0)
-        sent = run_until_idle(host, 0.0, 30.0)
+        sent = run_until_idle(host, 0.0, 100.0)
         to_victim = [d for d, to in sent if to == addr]
-        # One SYN-ACK; the timer's retransmissions would each add as much again.
-        assert sum(map(len, to_victim)) <= len(syn) and len(to_victim) == 1
+        # RFC 9000 8.1's factor: the SYN-ACK and two timer retransmissions (at 1 s and 3 s),
+        # then the timer's further ones are withheld.
+        assert sum(map(len, to_victim)) <= 3 * len(syn) and len(to_victim) == 3
+        assert all(len(d) <= len(syn) for d in to_victim)
         assert host.stats.amplification_drops >= 3
-        # A retransmitted SYN pays for one more SYN-ACK (RFC 9293 3.10.7.4: answered).
-        host.receive_datagrams([(syn, addr)], 30.0)
-        again = [d for d, to in host.datagrams_to_send(30.0) if to == addr]
+        # A retransmitted SYN pays for more (RFC 9293 3.10.7.4: it is answered).
+        host.receive_datagrams([(syn, addr)], 100.0)
+        again = [d for d, to in host.datagrams_to_send(100.0) if to == addr]
         assert len(again) == 1 and decode_untrusted(again[0]).flags == SYN | ACK
+
+    def test_a_lost_final_ack_is_recovered_by_a_synack_retransmission(self) -> None:
+        # The client is ESTABLISHED and waits for the server to speak; only our SYN-ACK
+        # retransmission can draw the ACK that completes the server's handshake.
+        pair = HostPair(seed=5)
+        dropped: list[float] = []
+
+        def drop_first_ack(now: float, src: object, dst: object, data: bytes) -> bool:
+            if src == CLIENT_ADDR and decode_untrusted(data).flags == ACK and not dropped:
+                dropped.append(now)
+                return True
+            return False
+
+        pair.net.add_filter(drop_first_ack)
+        _client, server = pair.connect()
+        assert dropped and server.state is State.ESTABLISHED
+        assert pair.server.stats.amplification_drops == 0
 
     def test_a_real_handshake_is_unaffected(self) -> None:
         pair = HostPair(seed=3)

@@ -134,6 +134,12 @@ class TestCookieHandshake:
         assert conn.snd_wscale == conn.rcv_wscale == cconn.snd_wscale == cconn.rcv_wscale == 0
         assert not conn.sack_ok and not cconn.sack_ok and not conn.ts_ok
 
+    def test_a_small_mss_is_never_rounded_up(self) -> None:
+        # RFC 9293 3.7.1: never send a segment larger than the peer's MSS option.
+        _, server = cookie_handshake(Config(mss=300))
+        conn = server.accept(SERVER[1])
+        assert conn is not None and conn.peer_mss <= 300
+
     def test_cookie_from_the_previous_slice_is_accepted(self) -> None:
         _, server = cookie_handshake(Config(), ack_at=COOKIE_PERIOD * 1.5)
         assert server.stats.syn_cookies_validated == 1
@@ -189,6 +195,39 @@ class TestCookieHandshake:
         c.connect(SERVER, 0.0)
         deliver(c, server, 0.0)
         assert server.stats.syns_dropped_backlog == 1  # Linux drops SYNs then too
+
+    def test_a_later_segment_arriving_first_is_dropped_without_a_rst(self) -> None:
+        # The cookie is checked against SEG.SEQ - 1: only the client's first segment after
+        # the handshake can open the connection. With it lost, the next one is dropped
+        # unanswered (Linux would reset the connection) until the first is resent.
+        server = listening_server(backlog=1)
+        fill_syn_queue(server, 1)
+        client = Host(Config(nodelay=True), address=CLIENT, isn_key=b"c" * 16)
+        cconn = client.connect(SERVER, 0.0)
+        deliver(client, server, 0.0)
+        deliver(server, client, 0.0)
+        assert cconn.state is State.ESTABLISHED
+        client.datagrams_to_send(0.0)  # the third ACK: lost
+        cconn.send(b"first ")
+        client.touch(cconn)
+        client.datagrams_to_send(0.0)  # lost too
+        cconn.send(b"second")
+        client.touch(cconn)
+        deliver(client, server, 0.0)
+        assert server.stats.syn_cookies_rejected == 1
+        assert server.datagrams_to_send(0.0) == [] and len(server.connections) == 1
+        got = b""
+        for _ in range(10):
+            t = client.next_timer()
+            assert t is not None
+            client.handle_timer(t)
+            shuttle(client, server, t)
+            conn = server.accept(SERVER[1]) if not got else None
+            if conn is not None:
+                got = conn.receive()
+                break
+        assert got == b"first second" or got == b"first "
+        assert cconn.state is State.ESTABLISHED and server.stats.syn_cookies_validated == 1
 
 
 def deliver(src: Host, dst: Host, now: float) -> None:
