@@ -44,6 +44,7 @@ from ._events import (
     SendSpaceAvailable,
     StateChanged,
 )
+from ._handshake import late_final_ack
 from ._kernel_errors import ERROR_TEXT, kernel_error
 from ._limits import challenge_ack
 from ._loss_recovery import LossRecovery
@@ -634,8 +635,9 @@ class Connection:
         else:
             end = seg_off + seg_len - 1
             ok = rcv_nxt <= seg_off < rcv_nxt + rcv_wnd or rcv_nxt <= end < rcv_nxt + rcv_wnd
-        if self.state is State.SYN_RECEIVED and seg_off == 0 and seg.flags & SYN:
-            ok = True  # a retransmitted SYN: answered by the SYN-ACK timer, not a challenge
+        if self.state is State.SYN_RECEIVED and seg_off == 0:
+            # A retransmitted SYN (answered by a SYN-ACK) or a keep-alive (see _handshake.py).
+            ok = ok or bool(seg.flags & SYN) or late_final_ack(self, seg)
         if ok:
             return True
         # If RCV.WND is zero, an in-order segment's ACK, RST and FIN are still processed
@@ -689,6 +691,7 @@ class Connection:
         # RFC 9293 3.10.7.4 fourth + RFC 5961 4.2: a SYN here elicits a challenge ACK.
         if self.state is State.SYN_RECEIVED and self._seq_offset(seg.seq) == 0:
             self._drop("retransmitted SYN")
+            self._update_ts_recent(seg, now)  # RFC 7323 4.3: the SYN-ACK echoes this SYN
             self._syn_due = True
             return
         self._drop("SYN in synchronized state: challenge ACK")

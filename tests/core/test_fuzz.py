@@ -40,8 +40,9 @@ from hypothesis import strategies as st
 
 from utcp._connection import Connection
 from utcp._errors import UtcpStateError
+from utcp._events import StateChanged
 from utcp._seq import MASK
-from utcp._state import State
+from utcp._state import SYNCHRONIZED, TRANSITIONS, State
 from utcp._wire import (
     ACK,
     FIN,
@@ -115,6 +116,19 @@ class Run:
     sent: bytearray = field(default_factory=bytearray)
     irs: int | None = None
     was_open: bool = False
+    state: State | None = None
+
+    def check_transitions(self) -> None:
+        """Every state change the core reports is an RFC 9293 3.3.2 edge, in sequence."""
+        conn = self.conn
+        if self.state is None:
+            self.state = conn.state
+        while (ev := conn.next_event()) is not None:
+            if isinstance(ev, StateChanged):
+                assert ev.old is self.state, (ev, self.state)
+                assert (ev.old, ev.new) in TRANSITIONS, ev
+                self.state = ev.new
+        assert self.state is conn.state
 
     def note_input(self, data: bytes) -> None:
         """Turn the stream check off if ``data`` decodes to a payload not from the stream."""
@@ -128,6 +142,7 @@ class Run:
     def check(self) -> None:
         conn = self.conn
         assert isinstance(conn.state, State)
+        self.check_transitions()
         assert conn._snd_una <= conn._snd_nxt
         assert conn._snd_una >= 0
         # The scoreboard's tallies are non-negative and match a recount.
@@ -158,6 +173,9 @@ class Run:
             assert self.irs == conn.irs
         if self.stream_checked and self.received:
             assert bytes(self.received) == stream_bytes((conn.irs + 1) & MASK, len(self.received))
+        if conn.state in SYNCHRONIZED:
+            # Every byte we acknowledged (RCV.NXT past the SYN) was read or is still readable.
+            assert len(self.received) + conn.readable == conn.rcvbuf.nxt - 1
 
     def read(self, n: int) -> None:
         if not self.received:
