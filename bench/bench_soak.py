@@ -27,6 +27,7 @@ was established and every message echoed intact, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -87,7 +88,13 @@ async def server_main() -> None:
         endpoint = await utcp.open_endpoint((HOST, 0), config=CONFIG)
         listener = await utcp.listen_on(endpoint, backlog=4096)
         print(endpoint.local_address[1], flush=True)
-        await trio.serve_listeners(echo, [listener])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, echo, [listener])
+            while True:  # the server's own counters on stderr, every 10 s (bounded above)
+                await trio.sleep(10)
+                stats = endpoint.statistics()
+                host = dataclasses.asdict(stats.host)
+                print(json.dumps({"server_stats": host}), file=sys.stderr, flush=True)
 
 
 # ================================================================= client processes
@@ -95,7 +102,8 @@ async def server_main() -> None:
 
 async def client_main(args: argparse.Namespace) -> Json:
     """Open ``args.share`` connections, say "ready", wait for "go", exchange messages."""
-    result: Json = {"errors": 0, "error_kinds": {}}
+    result: Json = {"errors": 0, "error_kinds": {}, "failed_connections": []}
+    failed: list[dict[str, str]] = result["failed_connections"]
     errors: dict[str, int] = result["error_kinds"]
 
     def error(kind: str) -> None:
@@ -155,6 +163,9 @@ async def client_main(args: argparse.Namespace) -> Json:
                     tick += args.interval
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 error(f"broken: {exc!r}")
+                if len(failed) < 5:  # what utcp knew of the first few, for diagnosis
+                    st = stream.statistics()
+                    failed.append({k: str(v) for k, v in dataclasses.asdict(st).items()})
 
         async with trio.open_nursery() as talkers:
             for n, stream in enumerate(streams):
@@ -288,6 +299,7 @@ def orchestrate(args: argparse.Namespace) -> int:
             "p99_us": percentile(latencies, 0.99) if latencies else math.nan,
             "errors": sum(out.get("errors", 1) for out in outs),
             "error_kinds": error_kinds,
+            "failed_connections": [f for out in outs for f in out.get("failed_connections", [])],
         }
         cond["loadavg_after"] = os.getloadavg()
         print(table(result))
