@@ -538,7 +538,18 @@ class Host:
             return False  # Linux: no cookie sent lately, none can be coming back
         conn_id = self._conn_id(addr, ack.src_port, ack.dst_port)
         isn = (ack.ack - 1) & 0xFFFFFFFF
-        mss = self._cookies.check_isn(conn_id, (ack.seq - 1) & 0xFFFFFFFF, isn, now)
+        peer_isn = (ack.seq - 1) & 0xFFFFFFFF
+        mss = self._cookies.check_isn(conn_id, peer_isn, isn, now)
+        if mss is None and ack.flags == ACK and not ack.payload:
+            # RFC 9293 3.8.4: a keep-alive probe has SEG.SEQ = SND.NXT - 1, the client's ISN
+            # while it has sent nothing since the handshake: its cookie ACK was lost, or
+            # dropped with the accept queue full, and it idled. The probe acknowledges our
+            # SYN-ACK as well as that ACK would have (as ``_handshake.late_final_ack`` takes
+            # it in SYN-RECEIVED), so it opens the connection; answering it with a RST would
+            # reset a good connection (a deliberate departure from RFC 9293 3.10.7.2 and
+            # Linux, whose keep-alives come after two hours, not Config.keepalive_idle).
+            peer_isn = ack.seq
+            mss = self._cookies.check_isn(conn_id, peer_isn, isn, now)
         syn = decode_ack(ack, mss, lst.config) if mss is not None else None
         if syn is None:
             self.stats.syn_cookies_rejected += 1
@@ -561,7 +572,7 @@ class Host:
         self._pending_of[conn] = lst
         self.touch(conn)
         try:
-            open_from_cookie(conn, ack, isn, syn, now)
+            open_from_cookie(conn, ack, isn, peer_isn, syn, now)
         except Exception as exc:
             self._fail(conn, exc, now)
         return True

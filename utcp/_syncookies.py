@@ -6,13 +6,21 @@ completes the handshake carries the cookie back (``SEG.ACK - 1``) and the client
 (``SEG.SEQ - 1``); if the cookie verifies, the connection is created there, already
 ESTABLISHED, from what the cookie remembers of the SYN.
 
-The ISN (32 bits) is ``H1(tuple) + client ISN + (slice << 24) + ((H2(tuple, slice) + mss
-index) mod 2**24)``, the structure Linux's ``secure_tcp_syn_cookie`` uses: H1 and H2 are
+The ISN (32 bits) is ``H1(tuple) + client ISN + (slice << 24) + ((H2(tuple, client ISN,
+slice) + mss index) mod 2**24)``, the structure Linux's ``secure_tcp_syn_cookie`` uses but
+for the client ISN inside H2 (below): H1 and H2 are
 BLAKE2s keyed with a secret derived from the host's RFC 6528 key, ``slice`` counts
 ``COOKIE_PERIOD`` seconds, so the hash behind the low 24 bits changes with every slice (the
 secret rotates), and a cookie is accepted in its own slice and the next
 (``MAX_COOKIE_AGE``). The low 24 bits hold a valid MSS index for 7 in 2**24 forged
 values, so a blind attacker must send millions of ACKs per 4-tuple to open one connection.
+
+A deliberate departure from Linux: there the client ISN is only added, so a segment ``k``
+bytes off the cookie ACK (a keep-alive at SEG.SEQ = ISN, a segment after the first ``k``
+bytes) reads as the same cookie with the MSS index shifted by ``k``, which is often still
+valid: the connection would open with a wrong IRS and never take the client's data. With
+the client ISN hashed into H2 as well, only SEG.SEQ - 1 = ISN verifies (RFC 4987 3.6: the
+cookie must encode the SYN it answers).
 
 Only the MSS fits in the ISN. When the SYN carried timestamps (RFC 7323), the low 6 bits of
 our SYN-ACK's TSval hold the peer's window scale (0xF: none) and SACK-permitted, and the
@@ -81,8 +89,9 @@ class SynCookies:
         # A key of its own, so the cookie hash and the RFC 6528 ISN hash never share inputs.
         self._key = hashlib.blake2s(isn_key, person=b"utcpsync").digest()
 
-    def _hash(self, conn_id: bytes, tweak: int) -> int:
-        h = hashlib.blake2s(conn_id + tweak.to_bytes(4, "big"), key=self._key, digest_size=4)
+    def _hash(self, conn_id: bytes, tweak: int, peer_isn: int = 0) -> int:
+        data = conn_id + tweak.to_bytes(4, "big") + peer_isn.to_bytes(4, "big")
+        h = hashlib.blake2s(data, key=self._key, digest_size=4)
         return int.from_bytes(h.digest(), "big")
 
     @staticmethod
@@ -93,7 +102,7 @@ class SynCookies:
         """Our ISN for a SYN from ``conn_id`` with ISN ``peer_isn`` and MSS option ``mss``."""
         index = max((i for i, m in enumerate(MSS_TABLE) if m <= mss), default=0)
         count = self._slice(now)
-        data = (self._hash(conn_id, count) + index) & _DATA_MASK
+        data = (self._hash(conn_id, count, peer_isn) + index) & _DATA_MASK
         high = (count & ((1 << _SLICE_BITS) - 1)) << _DATA_BITS
         return (self._hash(conn_id, 1 << 31) + peer_isn + high + data) & MASK
 
@@ -105,7 +114,7 @@ class SynCookies:
         age = (current - (raw >> _DATA_BITS)) & ((1 << _SLICE_BITS) - 1)
         if age >= MAX_COOKIE_AGE:
             return None
-        index = (raw - self._hash(conn_id, current - age)) & _DATA_MASK
+        index = (raw - self._hash(conn_id, current - age, peer_isn)) & _DATA_MASK
         return MSS_TABLE[index] if index < len(MSS_TABLE) else None
 
 
@@ -163,16 +172,19 @@ def cookie_synack(
     )
 
 
-def open_from_cookie(conn: Connection, ack: Segment, isn: int, syn: CookieSyn, now: float) -> None:
+def open_from_cookie(
+    conn: Connection, ack: Segment, isn: int, peer_isn: int, syn: CookieSyn, now: float
+) -> None:
     """Bring a fresh ``conn`` to where a SYN-RECEIVED connection would be when ``ack``
     arrives, then let it take ``ack`` (RFC 9293 3.10.7.4 fifth: SYN-RECEIVED -> ESTABLISHED).
+    ``peer_isn`` is the client's ISN the cookie verified with: ``ack.seq - 1``, or
+    ``ack.seq`` for a keep-alive probe (taken like ``_handshake.late_final_ack``).
 
     The SYN is rebuilt from the cookie and fed to the connection in LISTEN, so options are
     negotiated by the one code that always does it; the SYN-ACK it would send is marked as
     sent (the host sent it statelessly) and untimed: RFC 6298 3 (Karn) needs its send time,
     which only the echoed timestamp knows (RFC 7323 4.1), as Linux measures it.
     """
-    peer_isn = (ack.seq - 1) & MASK
     rebuilt = Segment(
         ack.src_port,
         ack.dst_port,

@@ -10,7 +10,7 @@ import pytest
 
 from utcp import Config, State
 from utcp._host import Host
-from utcp._syncookies import COOKIE_PERIOD, MSS_TABLE
+from utcp._syncookies import COOKIE_PERIOD, MSS_TABLE, SynCookies
 from utcp._wire import ACK, RST, SYN, Address, Segment, decode_untrusted, encode
 from utcp.testing import CLIENT_ADDR, SERVER_ADDR, HostPair, random_payload
 
@@ -250,3 +250,60 @@ def test_legitimate_client_connects_and_transfers_through_a_spoofed_syn_flood() 
     assert pair.server.stats.syn_cookies_validated == 1
     assert len(pair.server.connections) <= lst.backlog + 1  # no state per flooding SYN
     assert CLIENT_ADDR in {c.remote_address for c in pair.server.connections.values()}
+
+
+@pytest.mark.parametrize("mss", MSS_TABLE)
+@pytest.mark.parametrize("shift", [-1, 1, 2, 6])
+def test_a_cookie_checked_against_a_neighbouring_sequence_number_fails(
+    mss: int, shift: int
+) -> None:
+    # Only the client's first segment after the handshake (SEG.SEQ - 1 = its ISN) may open
+    # the connection: one a few bytes off would give the connection a wrong IRS.
+    cookies = SynCookies(KEY)
+    conn_id = b"198.18.0.1|443|198.18.0.2|5000|5000"
+    isn = cookies.make_isn(conn_id, 0xFFFFFFFE, mss, 10.0)
+    assert cookies.check_isn(conn_id, 0xFFFFFFFE, isn, 10.0) == mss
+    assert cookies.check_isn(conn_id, (0xFFFFFFFE + shift) & 0xFFFFFFFF, isn, 10.0) is None
+
+
+def test_keepalive_after_a_cookie_ack_dropped_by_a_full_accept_queue_opens_in_sequence() -> None:
+    # The accept queue is full when the client's cookie ACK arrives: it is dropped (as
+    # Linux drops it). The client, ESTABLISHED, stays idle past keepalive_idle and probes
+    # with SEG.SEQ = SND.NXT - 1 = its ISN (RFC 9293 3.8.4), then sends its first data.
+    server = listening_server(backlog=1)
+    fill_syn_queue(server, 1)
+    other = Host(Config(), address=("198.18.0.3", 1), isn_key=b"a" * 16)
+    client = Host(Config(nodelay=True), address=CLIENT, isn_key=b"c" * 16)
+    for host in (other, client):
+        host.connect(SERVER, 0.0)
+        deliver(host, server, 0.0)
+    synacks = server.datagrams_to_send(0.0)
+    for host in (other, client):
+        host.receive_datagrams([(d, SERVER) for d, to in synacks if to == host.address], 0.0)
+    deliver(other, server, 0.0)
+    (cconn,) = client.connections.values()
+    deliver(client, server, 0.0)
+    assert server.stats.syn_cookies_dropped == 1
+    assert server.accept(SERVER[1]) is not None  # the application makes room
+    now = 0.0
+    while now < cconn.config.keepalive_idle + 1.0:
+        now = min(t for t in (client.next_timer(), server.next_timer(), 21.0) if t is not None)
+        client.handle_timer(now)
+        server.handle_timer(now)
+        shuttle(client, server, now)
+    assert cconn.stats.keepalive_probes >= 1 and cconn.state is State.ESTABLISHED
+    message = random_payload(3, 64)
+    cconn.send(message)
+    client.touch(cconn)
+    got = b""
+    for _ in range(20):
+        shuttle(client, server, now)
+        if (conn := server.accept(SERVER[1])) is not None:
+            got = conn.receive()
+            break
+        now = min(t for t in (client.next_timer(), server.next_timer()) if t is not None)
+        client.handle_timer(now)
+        server.handle_timer(now)
+    assert got == message
+    shuttle(client, server, now)
+    assert cconn.state is State.ESTABLISHED and cconn.stats.bytes_acked == len(message)
