@@ -665,7 +665,9 @@ class Connection:
         return False
 
     def _handle_rst(self, seg: Segment, now: float) -> None:
-        """RFC 9293 3.10.7.4 second, with RFC 5961 3.2's exact-match rule."""
+        """RFC 9293 3.10.7.4 second, with RFC 5961 3.2's exact-match rule. CLOSING and
+        LAST-ACK close quietly only when all our data was acknowledged: otherwise the data
+        was lost and the application hears of the reset, as from Linux (a departure)."""
         if self.state is State.TIME_WAIT:
             # RFC 1337 fix F1: ignore RSTs in TIME-WAIT, so an old duplicate RST cannot cut
             # 2 MSL short (hazard H1). Linux does this with tcp_rfc1337=1; its default
@@ -682,7 +684,7 @@ class Connection:
             self._terminate(now, None)
         elif self.state is State.SYN_RECEIVED:
             self._terminate(now, ConnectionRefusedError("connection refused by peer"))
-        elif self.state in CLOSE_QUIETLY_ON_RST:
+        elif self.state in CLOSE_QUIETLY_ON_RST and not self.sndbuf:
             self._terminate(now, None)
         else:
             self._terminate(now, ConnectionResetError("connection reset by peer"))

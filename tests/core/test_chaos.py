@@ -43,7 +43,7 @@ from utcp._wire import RST, Segment, encode
 from utcp.testing import CLIENT_ADDR, SERVER_ADDR, HostPair, LinkConfig, random_payload
 from utcp.testing._pair import _PairHost
 
-SEEDS = range(40)
+SEEDS = [*range(40), 299]  # 299: a RST in LAST-ACK over unacknowledged data
 ALL_SEEDS = range(1000)
 FAULTS = ("none", "none", "renege", "abort", "rst", "restart")
 # Virtual seconds from the fault to the failure it causes: a RST is answered at once, and a

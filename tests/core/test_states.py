@@ -1376,6 +1376,25 @@ class TestLastAck:
         assert conn.segments_to_send(1.5) == []
         closed_cleanly(conn)
 
+    def test_rst_after_all_data_acked_closes_quietly(self) -> None:
+        # RFC 9293 3.10.7.4 second: in LAST-ACK a RST just closes; every byte of ours
+        # was acknowledged, only the FIN was not.
+        conn = last_ack()
+        conn.receive_segment(peer(RST, 2), 1.5)
+        closed_cleanly(conn)
+
+    def test_rst_with_data_unacknowledged_reports_the_reset(self) -> None:
+        # Our data never reached the peer (it lost its state and answered RST): a clean
+        # close would hide the loss, so the application hears of the reset, as from Linux
+        # (tcp_reset: ECONNRESET in LAST-ACK). Found by chaos seed 299 (server restart).
+        conn = close_wait()
+        conn.send(b"never acknowledged")
+        conn.shutdown(T_CW)
+        conn.segments_to_send(T_CW)
+        assert conn.state is State.LAST_ACK
+        conn.receive_segment(peer(RST, 2), 1.5)
+        failed_with(conn, ConnectionResetError)
+
     def test_fin_retransmitted_on_rto(self) -> None:
         conn = last_ack()
         conn.handle_timer(T_CW + RTO)
