@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import signal
@@ -41,6 +40,10 @@ import trio
 
 import utcp
 
+# The repository root first: the bench package's shared helpers (bench/common.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import percentile, rss_bytes
+
 HOST = "127.0.0.1"  # the benchmark never talks to anything but the loopback interface
 ECHO_SIZE = 64
 PARALLEL = 100
@@ -52,19 +55,6 @@ Json = dict[str, Any]
 
 def log(message: str) -> None:
     print(f"bench_scale: {message}", file=sys.stderr, flush=True)
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..1) of an already sorted, non-empty list."""
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc status")
 
 
 # ================================================================= server process

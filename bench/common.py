@@ -51,6 +51,14 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` in bytes (Linux /proc VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc status")
+
+
 async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
     buf = bytearray()
     while len(buf) < size:
