@@ -44,7 +44,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -56,6 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contextlib
 
 import bench_loopback as loopback
+
+from bench.common import read_line, stop_process
 
 HOST = loopback.HOST
 MB = loopback.MB
@@ -518,31 +519,18 @@ class Server:
         self.system = system
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
-        line: list[str] = []
         stdout = self.proc.stdout
         assert stdout is not None
-        reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(30.0)
-        if not line or not line[0].strip():
+        hello = read_line(stdout, 30.0)
+        if not hello.strip():
             self.stop()
             raise RuntimeError(f"{system} server (pid {self.pid}) did not report its port")
-        hello = json.loads(line[0])
-        self.port = int(hello["port"])
-        self.cert_pem: str | None = hello.get("cert_pem")
+        info = json.loads(hello)
+        self.port = int(info["port"])
+        self.cert_pem: str | None = info.get("cert_pem")
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10.0)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                proc.wait(timeout=5.0)
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
+        stop_process(self.proc)
 
 
 def run_client(server: Server, test: str, args: argparse.Namespace) -> Json:

@@ -42,7 +42,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -65,9 +64,11 @@ from bench.common import (
     emit,
     git_describe,
     percentile,
+    read_line,
     receive_exactly,
     serve_stream,
     serve_udp,
+    stop_process,
     udp_request,
 )
 
@@ -475,16 +476,13 @@ class Server:
         self.system = system
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
-        line: list[str] = []
         stdout = self.proc.stdout
         assert stdout is not None
-        reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(15.0)
-        if not line or not line[0].strip():
+        hello = read_line(stdout, 15.0)
+        if not hello.strip():
             self.stop()
             raise RuntimeError(f"{system} server (pid {self.pid}) did not report its port")
-        self.port = int(json.loads(line[0])["port"])
+        self.port = int(json.loads(hello)["port"])
 
     def query(self) -> Json | None:
         """The server's own report (``cpu_s`` from getrusage, transport counters), or None
@@ -492,34 +490,20 @@ class Server:
         ``server_main``). Falls back to /proc for the CPU time."""
         stdin, stdout = self.proc.stdin, self.proc.stdout
         assert stdin is not None and stdout is not None
-        line: list[str] = []
         try:
             stdin.write("cpu\n")
             stdin.flush()
         except OSError:
             return None
-        reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(10.0)
         try:
-            report: Json = json.loads(line[0])
-        except (IndexError, json.JSONDecodeError):
+            report: Json = json.loads(read_line(stdout, 10.0))
+        except json.JSONDecodeError:
             cpu = cpu_seconds(self.pid)
             return None if cpu is None else {"cpu_s": cpu, "transport": None}
         return report
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10.0)  # a profiled server dumps its stats first
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                proc.wait(timeout=5.0)
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
+        stop_process(self.proc)
 
 
 def run_client(

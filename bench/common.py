@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import trio
 
@@ -49,6 +51,31 @@ def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile (``q`` in 0..1) of an already sorted, non-empty list."""
     rank = max(1, math.ceil(q * len(sorted_values)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def read_line(stream: IO[str], timeout: float) -> str:
+    """One line from a subprocess's pipe, or "" if none comes within ``timeout`` seconds
+    (the read goes on in a daemon thread, so a silent child cannot hang the bench)."""
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return line[0] if line else ""
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """End a server subprocess by its PID: SIGTERM, SIGKILL if it is still there after 10 s
+    (a profiled server dumps its stats first); then close its pipes."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10.0)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5.0)
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
 
 
 def rss_bytes(pid: int) -> int:

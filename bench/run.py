@@ -31,10 +31,8 @@ import json
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from importlib import metadata
@@ -46,7 +44,7 @@ import trio
 import utcp
 
 from . import report
-from .common import ROOT, Json, cpu_model, git_describe, loadavg
+from .common import ROOT, Json, cpu_model, git_describe, loadavg, read_line, stop_process
 from .netem.link import LinkUnavailable, Mode, open_link
 from .scenarios import GROUPS, SCENARIOS, Scenario, resolve
 from .workloads import Params, time_bound
@@ -191,29 +189,16 @@ class Server:
             cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         self.pid = self.proc.pid
-        line: list[str] = []
         stdout = self.proc.stdout
         assert stdout is not None
-        reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(30.0)
-        if not line or not line[0].strip():
+        hello = read_line(stdout, 30.0)
+        if not hello.strip():
             self.stop()
             raise RuntimeError(f"{what} server (pid {self.pid}) did not report its port")
-        self.port = int(json.loads(line[0])["port"])
+        self.port = int(json.loads(hello)["port"])
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10.0)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                proc.wait(timeout=5.0)
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
+        stop_process(self.proc)
 
 
 def workload_cmd(role: str, stack: str, host: str, *extra: str) -> list[str]:
