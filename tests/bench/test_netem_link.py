@@ -23,6 +23,11 @@ from bench.netem.link import Link, LinkReport, LinkUnavailable, open_link
 
 PROBE = [sys.executable, "-m", "bench.netem.probe"]
 OUR_NETNS = f"{link_module.NETNS_PREFIX}-{os.getpid()}-"
+# The default suite runs on two xdist workers, so the forwarder shares the CPU with another
+# test and can release a packet a few milliseconds late. The 1 ms bound is the benchmark's
+# rule for an idle machine; these tests check the link's behaviour, and still require it to
+# be valid on every other count (no TUN overflow, load under the ceiling).
+SHARED_CPU_BOUND_US = 50_000
 needs_root = pytest.mark.skipif(
     not sys.platform.startswith("linux") or os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
     reason="needs root on Linux with /dev/net/tun (network namespaces and TUN devices)",
@@ -99,7 +104,7 @@ def _ping(link: Link, count: int, interval: float, linger: float = 1.0) -> dict[
 
 @needs_root
 def test_udp_round_trip_through_delay_25ms_is_about_50ms() -> None:
-    with open_link("delay 25ms", mode="emulated") as link:
+    with open_link("delay 25ms", mode="emulated", timing_bound_us=SHARED_CPU_BOUND_US) as link:
         assert link.mode == "emulated"
         result = _ping(link, count=100, interval=0.01)
         report = link.report()
@@ -158,7 +163,9 @@ def test_kernel_tcp_crosses_the_link_intact_and_sees_its_delay() -> None:
 @needs_root
 def test_kernel_tcp_goodput_through_a_rate_limit_is_the_configured_rate() -> None:
     size = 2 << 20
-    with open_link("delay 5ms rate 20mbit", mode="emulated") as link:
+    with open_link(
+        "delay 5ms rate 20mbit", mode="emulated", timing_bound_us=SHARED_CPU_BOUND_US
+    ) as link:
         sink = _Server(link, ["tcp-sink", "--port", "0"])
         try:
             sent = _client(
