@@ -236,24 +236,40 @@ class UtcpStream(trio.abc.HalfCloseableStream):
                 raise ValueError("max_bytes must be >= 1")
         self._begin("_recv_busy", "receiving")
         try:
-            await trio.lowlevel.checkpoint()
+            # A checkpoint, as trio's socket streams make it: cancellation is checked first,
+            # and the task yields either by parking (when nothing is there yet: the common
+            # case of a request-response exchange) or, if it never parked, once at the end
+            # with the outcome already settled (shielded, so no data is lost). One trip
+            # through the scheduler per call instead of two.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            parked = False
             conn = self.conn
             while True:
                 if self._closed:
-                    raise trio.ClosedResourceError("this stream was closed")
-                if conn.readable:
-                    data = conn.receive(max_bytes or DEFAULT_RECEIVE_SIZE)
+                    outcome: bytes | BaseException = trio.ClosedResourceError(
+                        "this stream was closed"
+                    )
+                elif conn.readable:
+                    outcome = conn.receive(max_bytes or DEFAULT_RECEIVE_SIZE)
                     if conn.ack_pending:
                         self._drive()  # a window update is due (the only output it makes)
-                    return data
-                if conn.at_eof:
-                    return b""
-                if conn.error is not None or conn.state is State.CLOSED:
-                    raise broken_error(conn)
-                if self.endpoint.closed:
-                    raise trio.BrokenResourceError("the endpoint was closed")
-                self._release_syn()
-                await self._lot.park()
+                elif conn.at_eof:
+                    outcome = b""
+                elif conn.error is not None or conn.state is State.CLOSED:
+                    outcome = broken_error(conn)
+                elif self.endpoint.closed:
+                    outcome = trio.BrokenResourceError("the endpoint was closed")
+                else:
+                    self._release_syn()
+                    await self._lot.park()
+                    parked = True
+                    continue
+                break
+            if not parked:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
         finally:
             self._recv_busy = False
 

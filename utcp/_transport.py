@@ -195,6 +195,9 @@ class UdpTransport:
         # ICMP errors seen only as a bare errno (no error queue): they name no destination.
         self.unattributed_errors = 0
         self.error_queue = self._enable_error_queue()
+        # Whether the error queue may hold something (see recv_errors): set until the first
+        # drain, and again by every sign the kernel gives of a queued error.
+        self._error_hint = True
         wanted = _offload_from_env()
         self.stats = TransportStats(
             rcvbuf=sock.getsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF),
@@ -292,6 +295,7 @@ class UdpTransport:
                 # IP_RECVERR, Windows always): with the error queue its details, destination
                 # included, wait in the queue for recv_errors; without it they are lost.
                 if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    self._error_hint = True
                     if not self.error_queue:
                         self.unattributed_errors += 1
                     continue
@@ -308,6 +312,10 @@ class UdpTransport:
             else:
                 stats.datagrams_received += 1
                 out.append((data, source))
+        if not out:
+            # Woken (or a timer ran) with no datagram: an error queue that is not empty
+            # keeps the socket readable (EPOLLERR), so this is where one is always drained.
+            self._error_hint = True
         return out
 
     def send_batch(self, datagrams: Sequence[tuple[bytes, Address]]) -> int:
@@ -333,6 +341,7 @@ class UdpTransport:
             except (BlockingIOError, InterruptedError):
                 return 0
             except OSError as exc:
+                self._error_hint = True
                 if exc.errno == errno.EIO:
                     # The outgoing device cannot checksum GSO segments: never again here.
                     log.info("UDP GSO refused by the kernel (EIO): one datagram per call")
@@ -362,6 +371,7 @@ class UdpTransport:
                 # error of an earlier ICMP message (Linux reports it so with IP_RECVERR,
                 # its details wait in the error queue). Reporting it cleared it, and this
                 # datagram never left: send it again (once; TCP retransmits it anyway).
+                self._error_hint = True
                 if not self.error_queue:
                     self.unattributed_errors += 1
                 continue
@@ -369,6 +379,7 @@ class UdpTransport:
                 # Unreachable, refused by a firewall, too big...: the datagram is lost (TCP
                 # retransmits) and the error goes to its connection through recv_errors.
                 self._send_errors += 1
+                self._error_hint = True
                 code = exc.errno if exc.errno in _SEND_ERRNOS else errno.EIO
                 err = KernelError((address[0], address[1]), code, quoted=bytes(data))
                 self._errors.append(err)
@@ -405,7 +416,11 @@ class UdpTransport:
         queued = self._errors
         while queued and len(out) < limit:
             out.append(queued.popleft())
-        if not self.error_queue:
+        if not self.error_queue or not self._error_hint:
+            # Linux reports each queued ICMP error through the socket's pending error
+            # (sk_err, which the next recvfrom or sendto returns as an errno) and keeps the
+            # socket readable while the queue holds anything; both set the hint. Without it
+            # the queue is known empty, and asking would cost a system call per wake-up.
             return out
         recvmsg = self._sock.recvmsg
         budget = RECV_BATCH_BYTES
@@ -413,6 +428,7 @@ class UdpTransport:
             try:
                 data, ancdata, _flags, addr = recvmsg(_QUOTE_MAX, _ERRQUEUE_ANCILLARY, MSG_ERRQUEUE)
             except (BlockingIOError, InterruptedError):
+                self._error_hint = False  # drained
                 break
             err = _parse_queued_error(data, ancdata, addr)
             if err is not None:

@@ -330,6 +330,64 @@ async def test_transport_reports_icmp_errors_and_loses_no_datagram_to_a_stale_on
         transport.close()
 
 
+class _CountingSocket:
+    """A socket that counts the error-queue reads made through it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.errqueue_reads = 0
+
+    def recvmsg(self, *args: int) -> tuple[bytes, list[tuple[int, int, bytes]], int, object]:
+        if len(args) == 3 and args[2] & socket.MSG_ERRQUEUE:
+            self.errqueue_reads += 1
+        return self._sock.recvmsg(*args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+async def test_error_queue_is_read_only_when_the_kernel_signals_an_error() -> None:
+    # The error queue costs a system call to ask; Linux signals a queued ICMP error by the
+    # socket's pending error (the next recvfrom or sendto fails with it) and by readability,
+    # so a busy socket with no errors never asks, and an error is still delivered at once.
+    transport = UdpTransport.bind(("127.0.0.1", 0))
+    counting = _CountingSocket(transport._sock)
+    transport._sock = counting  # type: ignore[assignment]
+    try:
+        if not transport.error_queue:
+            pytest.skip("no socket error queue on this platform")
+        assert transport.recv_errors(10) == []  # the first call drains: nothing there
+        assert counting.errqueue_reads == 1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.settimeout(5)
+            me = transport.getsockname()
+            for i in range(50):
+                peer.sendto(b"ping %d" % i, me)
+                with trio.fail_after(5):
+                    await transport.wait_readable()
+                batch = transport.recv_batch(8)
+                assert [bytes(data) for data, _ in batch] == [b"ping %d" % i]
+                assert transport.recv_errors(10) == []
+            assert counting.errqueue_reads == 1  # fifty datagrams, not one question more
+            closed = ("127.0.0.1", closed_udp_port())
+            assert transport.send(b"q" * 20, closed)
+            await trio.sleep(0.05)  # the port unreachable comes back
+            peer.sendto(b"after", me)
+            await trio.sleep(0.05)
+            batch = transport.recv_batch(8)  # reports the pending error, then the datagram
+            assert [bytes(data) for data, _ in batch] == [b"after"]
+            (err,) = transport.recv_errors(10)
+            assert (err.destination, err.errno, err.quoted) == (
+                closed,
+                errno.ECONNREFUSED,
+                b"q" * 20,
+            )
+            assert transport.recv_errors(10) == []
+    finally:
+        transport.close()
+
+
 def test_error_queue_message_parses_into_a_kernel_error() -> None:
     # What recvmsg(MSG_ERRQUEUE) returns for an ICMP host unreachable (type 3, code 1) from
     # router 198.18.0.2: the quoted datagram, its destination, and a sock_extended_err

@@ -227,6 +227,43 @@ async def test_cancelled_connect_send_receive_leave_endpoint_healthy() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_receive_some_is_a_checkpoint_on_every_path_and_loses_nothing() -> None:
+    # receive_some checks cancellation first and yields once: by parking when it must wait,
+    # otherwise at the end with its outcome settled (as trio's socket streams do).
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            (listener,) = await utcp.open_tcp_listeners(0, host="127.0.0.1")
+            port = listener.getsockname()[1]
+            client = await utcp.open_tcp_stream("127.0.0.1", port)
+            server = await listener.accept()
+            await client.send_all(b"ready")
+            while not server.conn.readable:
+                await trio.sleep(0.01)
+            with trio.testing.assert_checkpoints():
+                assert await server.receive_some(100) == b"ready"
+            # Cancelled before it starts, with data waiting: Cancelled, and the data stays.
+            await client.send_all(b"kept")
+            while not server.conn.readable:
+                await trio.sleep(0.01)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await server.receive_some(100)
+                pytest.fail("a cancelled receive_some returned")
+            assert await server.receive_some(100) == b"kept"
+            # Waiting: the park is the checkpoint; the data that wakes it is returned.
+            nursery.start_soon(client.send_all, b"later")
+            with trio.testing.assert_checkpoints():
+                assert await server.receive_some(100) == b"later"
+            await client.send_eof()
+            with trio.testing.assert_checkpoints():
+                assert await server.receive_some(100) == b""
+            await server.aclose()
+            with trio.testing.assert_checkpoints(), pytest.raises(trio.ClosedResourceError):
+                await server.receive_some(100)
+            await client.aclose()
+            await listener.aclose()
+
+
 # ------------------------------------------------------------------ no task outlives
 
 
