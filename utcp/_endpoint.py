@@ -265,8 +265,12 @@ class Endpoint:
             self._driving = False
         scope = self._wait_scope
         if scope is not None:
+            # Only ever earlier: a timer that moved later (in a request-response exchange
+            # the delayed ACK and the RTO take turns several times per round trip) leaves
+            # the I/O task a wake-up that finds nothing due and re-arms, at most once per
+            # expiry, instead of a deadline re-registered in trio on every drive.
             deadline = self._deadline()
-            if deadline != scope.deadline:  # trio re-registers a deadline on every assignment
+            if deadline < scope.deadline:
                 scope.deadline = deadline
         self._maybe_finish()
 
