@@ -49,7 +49,11 @@ from pathlib import Path
 import trio
 
 # This tree first: its utcp, and the bench package the harness shares with this script.
+# UTCP_BENCH_PATH puts another build of utcp before it (the compiled core that
+# bench/build_compiled.py makes); the server processes inherit it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if os.environ.get("UTCP_BENCH_PATH"):
+    sys.path.insert(0, os.path.abspath(os.environ["UTCP_BENCH_PATH"]))
 import utcp
 from bench.common import (
     CHUNK,
@@ -60,6 +64,7 @@ from bench.common import (
     UDP_START,
     UDP_STARTED,
     Json,
+    compiled_core,
     cpu_seconds,
     emit,
     git_describe,
@@ -550,6 +555,7 @@ def conditions(args: argparse.Namespace) -> Json:
         "trio": trio.__version__,
         "utcp": utcp.__version__,
         "utcp_tree": git_describe(),
+        "utcp_compiled": compiled_core(),
         "utcp_config": {
             k: v
             for k, v in dataclasses.asdict(utcp_config(args)).items()

@@ -38,11 +38,15 @@ from typing import Any
 
 import trio
 
+# UTCP_BENCH_PATH: another build of utcp to measure (bench/build_compiled.py), as in
+# bench_loopback.py; PYTHONPATH works too.
+if os.environ.get("UTCP_BENCH_PATH"):
+    sys.path.insert(0, os.path.abspath(os.environ["UTCP_BENCH_PATH"]))
 import utcp
 
 # The repository root first: the bench package's shared helpers (bench/common.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import percentile, rss_bytes
+from bench.common import compiled_core, percentile, rss_bytes
 
 HOST = "127.0.0.1"  # the benchmark never talks to anything but the loopback interface
 ECHO_SIZE = 64
@@ -170,6 +174,7 @@ def conditions(args: argparse.Namespace) -> Json:
         "echo_count": args.echo_count,
         "utcp": utcp.__version__,
         "utcp_path": os.path.dirname(utcp.__file__),  # which tree was measured
+        "utcp_compiled": compiled_core(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_avg": os.getloadavg(),
     }

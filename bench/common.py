@@ -267,3 +267,10 @@ def cpu_model() -> str | None:
 
 def loadavg() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def compiled_core() -> bool:
+    """Whether the ``utcp`` imported runs the compiled core (bench/build_compiled.py)."""
+    import utcp._connection
+
+    return not (utcp._connection.__file__ or "").endswith(".py")

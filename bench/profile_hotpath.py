@@ -42,6 +42,8 @@ from typing import Any, TypeVar
 
 # This tree's utcp (not an installed copy) and the loopback bench beside this file.
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
+if os.environ.get("UTCP_BENCH_PATH"):  # another build of utcp (bench/build_compiled.py)
+    sys.path.insert(0, os.path.abspath(os.environ["UTCP_BENCH_PATH"]))
 
 import bench_loopback as loopback  # noqa: E402
 import trio  # noqa: E402
@@ -260,6 +262,7 @@ def conditions() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "commit": loopback.git_describe(),
+        "compiled": loopback.compiled_core(),
     }
 
 

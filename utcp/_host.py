@@ -211,6 +211,10 @@ class Host:
         """Connections the last ``datagrams_to_send`` looked at (events may be waiting)."""
         self.accept_changed: set[int] = set()
         """Listener ports whose accept queue grew before the last ``datagrams_to_send``."""
+        self.touch_all = False
+        """Treat every connection as touched before each flush and timer query: for
+        protocol tests (``utcp.testing``) that call ``Connection`` methods directly, never
+        for the trio layer (O(connections) per call)."""
 
     # ------------------------------------------------------------ application side
 
@@ -627,6 +631,8 @@ class Host:
 
     def next_timer(self) -> float | None:
         """The earliest deadline of any connection, or None."""
+        if self.touch_all:
+            self._touch_all()
         self._arm_touched()
         return self._peek()
 
@@ -648,6 +654,8 @@ class Host:
     def handle_timer(self, now: float) -> None:
         """Run the timers of the connections due at ``now`` (only those), each once. May
         create output."""
+        if self.touch_all:
+            self._touch_all()
         self._now = now
         self._arm_touched()
         heap = self._timers
@@ -664,6 +672,8 @@ class Host:
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
         """Every (datagram, destination) pair due now, from the connections touched since the
         last call (see the module docstring); they become ``woken``."""
+        if self.touch_all:
+            self._touch_all()
         self._now = now
         touched = self._touched
         for conn in touched:
@@ -677,6 +687,10 @@ class Host:
         out, self._out = self._out, []
         self.stats.datagrams_sent += len(out)
         return out
+
+    def _touch_all(self) -> None:
+        for conn in self.connections.values():
+            self.touch(conn)
 
     def _collect(self, conn: Connection, now: float) -> None:
         addr = conn.remote_address

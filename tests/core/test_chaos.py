@@ -41,7 +41,7 @@ from utcp._host import Host
 from utcp._state import State
 from utcp._wire import RST, Segment, encode
 from utcp.testing import CLIENT_ADDR, SERVER_ADDR, HostPair, LinkConfig, random_payload
-from utcp.testing._pair import _PairHost
+from utcp.testing._pair import pair_host
 
 SEEDS = [*range(40), 299]  # 299: a RST in LAST-ACK over unacknowledged data
 ALL_SEEDS = range(1000)
@@ -139,7 +139,7 @@ def run_chaos(seed: int) -> Outcome:
             hosts[p.victim].receive_datagrams([(encode(rst), source)], now)
         elif p.fault == "restart":
             pair.net.detach(SERVER_ADDR)
-            fresh = _PairHost(p.config, address=SERVER_ADDR, isn_key=b"restarted-server")
+            fresh = pair_host(p.config, address=SERVER_ADDR, isn_key=b"restarted-server")
             fresh.listen()
             pair.net.attach(SERVER_ADDR, fresh)
             hosts["server"] = fresh
