@@ -3,9 +3,10 @@
 pyproject's mypyc build hook (off unless ``HATCH_BUILD_HOOK_ENABLE_MYPYC=true``) compiles
 the sans-IO core with mypyc. It compiles in place, so this script builds the wheel from a
 copy of the tree and unpacks it into ``OUT`` (default ``build/compiled``): a ``utcp``
-package whose core modules are C extensions. The benchmarks measure it instead of this
-tree's ``utcp`` when ``UTCP_BENCH_PATH=OUT`` is set; ``tests/core/test_compiled.py`` checks
-that it puts the same segments on the wire as pure Python.
+package whose core modules are C extensions, and the wheel itself, to install. The
+benchmarks measure it instead of this tree's ``utcp`` when ``UTCP_BENCH_PATH=OUT`` is set;
+``tests/core/test_compiled.py`` checks that it puts the same segments on the wire as pure
+Python.
 
     python bench/build_compiled.py                 # -> build/compiled
     UTCP_BENCH_PATH=build/compiled python bench/bench_loopback.py --quick
@@ -53,6 +54,7 @@ def build(out: Path) -> Path:
             shutil.rmtree(out)
         with zipfile.ZipFile(wheel) as zf:
             zf.extractall(out)
+        shutil.copy2(wheel, out)  # to install: pip install OUT/trio_utcp-*.whl
     if not list(out.glob("utcp/_connection.*.so")) and not list(out.glob("utcp/_connection.*.pyd")):
         raise RuntimeError(f"{out} holds no compiled core")
     return out
