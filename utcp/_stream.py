@@ -189,11 +189,17 @@ class UtcpStream(trio.abc.HalfCloseableStream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._begin("_send_busy", "sending")
         try:
-            await trio.lowlevel.checkpoint()
+            # A checkpoint as in receive_some: cancellation first, then the data is queued
+            # and its segments leave before this task yields (once: parking for room, or
+            # shielded at the end), as trio's socket streams send before they yield.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            yielded = False
             with memoryview(data) as view, view.cast("B") as remaining:
                 while True:
                     error = self._send_error()
                     if error is not None:
+                        if not yielded:
+                            await trio.lowlevel.cancel_shielded_checkpoint()
                         raise error
                     taken = 0
                     if remaining:
@@ -202,7 +208,8 @@ class UtcpStream(trio.abc.HalfCloseableStream):
                         if taken:
                             self._drive()
                     if not remaining:
-                        return
+                        break
+                    yielded = True
                     if taken and self._send_room() > 0:
                         # The drive sent what we queued (TCP_NOTSENT_LOWAT keeps the unsent
                         # queue short): room again without an ACK, so no event would wake
@@ -210,6 +217,8 @@ class UtcpStream(trio.abc.HalfCloseableStream):
                         await trio.lowlevel.checkpoint()
                         continue
                     await self._lot.park()
+            if not yielded:
+                await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._send_busy = False
 

@@ -264,6 +264,33 @@ async def test_receive_some_is_a_checkpoint_on_every_path_and_loses_nothing() ->
             await listener.aclose()
 
 
+async def test_send_all_sends_before_it_yields_and_is_a_checkpoint() -> None:
+    # Like trio's socket streams, send_all puts its segments on the wire and then yields:
+    # a task scheduled before the call sees the datagram already sent.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            (listener,) = await utcp.open_tcp_listeners(0, host="127.0.0.1")
+            client = await utcp.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
+            server = await listener.accept()
+            stats = client.endpoint.transport.stats
+            before = stats.datagrams_sent
+            seen: list[int] = []
+
+            async def observer() -> None:
+                seen.append(stats.datagrams_sent)
+
+            nursery.start_soon(observer)
+            with trio.testing.assert_checkpoints():
+                await client.send_all(b"x" * 64)
+            assert seen == [before + 1]
+            assert await server.receive_some(100) == b"x" * 64
+            await client.aclose()
+            with trio.testing.assert_checkpoints(), pytest.raises(trio.ClosedResourceError):
+                await client.send_all(b"late")
+            await server.aclose()
+            await listener.aclose()
+
+
 # ------------------------------------------------------------------ no task outlives
 
 
