@@ -52,16 +52,25 @@ def log(message: str) -> None:
 
 
 def loopback_run(
-    args: argparse.Namespace, systems: list[str], label: str, *extra: str
+    args: argparse.Namespace,
+    systems: list[str],
+    label: str,
+    *extra: str,
+    utcp_path: str | None = None,
 ) -> list[Json]:
-    """One bench_loopback.py round of ``systems``; utcp records renamed ``label``."""
+    """One bench_loopback.py round of ``systems``; utcp records renamed ``label``.
+    ``utcp_path``: another build of utcp to measure (UTCP_BENCH_PATH)."""
     cmd = [sys.executable, str(HERE / "bench_loopback.py"), "--rounds", "1", "--systems"]
     cmd += [*systems, "--bulk-mb", str(args.bulk_mb), "--echo-count", str(args.echo_count)]
     cmd += ["--timeout", str(args.timeout), *extra]
     limit = 2 * len(systems) * (args.timeout + 30) + 60
+    env = dict(os.environ)
+    env.pop("UTCP_BENCH_PATH", None)
+    if utcp_path is not None:
+        env["UTCP_BENCH_PATH"] = utcp_path
     try:
         done = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=limit
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=limit, env=env
         )
         lines = done.stdout.splitlines()
     except subprocess.TimeoutExpired:
@@ -205,14 +214,15 @@ def cpu_per_mb(record: Json, side: str) -> float | None:
     return None if cpu is None or not nbytes else cpu * 1000 / (nbytes / MB)
 
 
+# The utcp builds a run may measure: label, its MSS-1452 label, and the suffix of its rows.
+VARIANTS = (("utcp", "utcp-1452", ""), ("utcp-compiled", "utcp-compiled-1452", " (compiled core)"))
+
+
 def targets(records: list[Json], mc: list[Json], scale: Json | None) -> tuple[list[Json], str]:
     """The target rows (JSON) and the markdown table."""
-    bulk = {
-        s: find(records, s, "bulk") for s in ("utcp", "utcp-1452", "udp", "kernel", "quic", "kcp")
-    }
-    echo = {
-        s: find(records, s, "echo") for s in ("utcp", "utcp-1452", "udp", "kernel", "quic", "kcp")
-    }
+    systems = ("udp", "kernel", "quic", "kcp", *(v for pair in VARIANTS for v in pair[:2]))
+    bulk = {s: find(records, s, "bulk") for s in systems}
+    echo = {s: find(records, s, "echo") for s in systems}
     mbs = {s: r.get("MB_s") for s, r in bulk.items()}
     rows: list[Json] = []
 
@@ -227,55 +237,57 @@ def targets(records: list[Json], mc: list[Json], scale: Json | None) -> tuple[li
             }
         )
 
-    u = mbs["utcp"]
-    row(
-        "bulk >= 150 MB/s",
-        "1 connection, client and server processes, MSS from the route MTU",
-        fmt(u, 1, " MB/s") + f" (MSS 1452: {fmt(mbs['utcp-1452'], 1, ' MB/s')})",
-        f"kernel TCP {fmt(mbs['kernel'], 0, ' MB/s')}, KCP {fmt(mbs['kcp'], 0, ' MB/s')}",
-        None if u is None else u >= 150,
-    )
-    q = ratio(u, mbs["quic"])
-    row(
-        "bulk >= 5x aioquic",
-        "aioquic defaults, 1 stream",
-        fmt(q, 2, "x"),
-        f"aioquic {fmt(mbs['quic'], 1, ' MB/s')}",
-        None if q is None else q >= 5,
-    )
-    n = ratio(u, mbs["udp"])
-    row(
-        "bulk above the naive trio UDP ceiling",
-        "1400-byte datagrams, one await sock.recv each",
-        fmt(n, 2, "x") + f" (MSS 1452: {fmt(ratio(mbs['utcp-1452'], mbs['udp']), 2, 'x')})",
-        f"naive UDP {fmt(mbs['udp'], 1, ' MB/s')}",
-        None if n is None else n > 1,
-    )
-    for pct, limit in (("p50", 1.3), ("p99", 2.0)):
-        key = f"{pct}_us"
-        mine, kernel, udp = (echo[name].get(key) for name in ("utcp", "kernel", "udp"))
-        over_kernel = ratio(mine, kernel)
-        row(
-            f"echo {pct} <= {limit}x kernel TCP",
-            "64 B ping-pong, 1 connection, nodelay",
-            f"{fmt(mine, 0, ' us')} ({fmt(over_kernel, 2, 'x')})",
-            f"kernel {fmt(kernel, 0, ' us')}, raw UDP {fmt(udp, 0, ' us')} "
-            f"(utcp/UDP {fmt(ratio(mine, udp), 2, 'x')})",
-            None if over_kernel is None else over_kernel <= limit,
-        )
-
     def per_mb(system: str, digits: int) -> str:
         r = bulk[system]
         return f"{fmt(cpu_per_mb(r, 'client'), digits)} / {fmt(cpu_per_mb(r, 'server'), digits)}"
 
-    for system in ("utcp", "utcp-1452"):
+    for name, name_1452, build in VARIANTS:
+        if not bulk[name] and not echo[name]:
+            continue  # that build was not measured
+        u = mbs[name]
         row(
-            f"CPU per MB ({system})",
-            "bulk run, getrusage of each process, sender / receiver",
-            f"{per_mb(system, 1)} ms/MB",
-            f"kernel TCP {per_mb('kernel', 2)}, naive UDP {per_mb('udp', 1)} ms/MB",
-            None,
+            f"bulk >= 150 MB/s{build}",
+            "1 connection, client and server processes, MSS from the route MTU",
+            fmt(u, 1, " MB/s") + f" (MSS 1452: {fmt(mbs[name_1452], 1, ' MB/s')})",
+            f"kernel TCP {fmt(mbs['kernel'], 0, ' MB/s')}, KCP {fmt(mbs['kcp'], 0, ' MB/s')}",
+            None if u is None else u >= 150,
         )
+        q = ratio(u, mbs["quic"])
+        row(
+            f"bulk >= 5x aioquic{build}",
+            "aioquic defaults, 1 stream",
+            fmt(q, 2, "x"),
+            f"aioquic {fmt(mbs['quic'], 1, ' MB/s')}",
+            None if q is None else q >= 5,
+        )
+        n = ratio(u, mbs["udp"])
+        row(
+            f"bulk above the naive trio UDP ceiling{build}",
+            "1400-byte datagrams, one await sock.recv each",
+            fmt(n, 2, "x") + f" (MSS 1452: {fmt(ratio(mbs[name_1452], mbs['udp']), 2, 'x')})",
+            f"naive UDP {fmt(mbs['udp'], 1, ' MB/s')}",
+            None if n is None else n > 1,
+        )
+        for pct, limit in (("p50", 1.3), ("p99", 2.0)):
+            key = f"{pct}_us"
+            mine, kernel, udp = (echo[s].get(key) for s in (name, "kernel", "udp"))
+            over_kernel = ratio(mine, kernel)
+            row(
+                f"echo {pct} <= {limit}x kernel TCP{build}",
+                "64 B ping-pong, 1 connection, nodelay",
+                f"{fmt(mine, 0, ' us')} ({fmt(over_kernel, 2, 'x')})",
+                f"kernel {fmt(kernel, 0, ' us')}, raw UDP {fmt(udp, 0, ' us')} "
+                f"(utcp/UDP {fmt(ratio(mine, udp), 2, 'x')})",
+                None if over_kernel is None else over_kernel <= limit,
+            )
+        for system in (name, name_1452):
+            row(
+                f"CPU per MB ({system})",
+                "bulk run, getrusage of each process, sender / receiver",
+                f"{per_mb(system, 1)} ms/MB",
+                f"kernel TCP {per_mb('kernel', 2)}, naive UDP {per_mb('udp', 1)} ms/MB",
+                None,
+            )
     by_n = {m["server_processes"]: m for m in mc}
     if 1 in by_n and 2 in by_n:
         one, two = by_n[1], by_n[2]
@@ -322,6 +334,7 @@ def conditions(args: argparse.Namespace) -> Json:
         "echo_count": args.echo_count,
         "rounds": args.rounds,
         "offload_env": os.environ.get("UTCP_UDP_OFFLOAD"),
+        "compiled_core_dir": args.compiled,  # "utcp-compiled" rows: bench/build_compiled.py
         "loadavg_at_start": list(os.getloadavg()),
     }
 
@@ -356,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mc-handshakes", type=int, default=100)
     parser.add_argument("--scale-connections", type=int, default=0, help="0: skip bench_scale")
     parser.add_argument("--no-compare", action="store_true", help="skip aioquic and KCP")
+    parser.add_argument(
+        "--compiled",
+        metavar="DIR",
+        help="also measure the compiled core built into DIR by bench/build_compiled.py",
+    )
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     if args.quick:
@@ -367,6 +385,16 @@ def main(argv: list[str] | None = None) -> int:
     for rnd in range(1, args.rounds + 1):
         records = loopback_run(args, ["utcp", "kernel", "udp"], "utcp")
         records += loopback_run(args, ["utcp"], "utcp-1452", "--utcp-set", "mss=1452")
+        if args.compiled:
+            records += loopback_run(args, ["utcp"], "utcp-compiled", utcp_path=args.compiled)
+            records += loopback_run(
+                args,
+                ["utcp"],
+                "utcp-compiled-1452",
+                "--utcp-set",
+                "mss=1452",
+                utcp_path=args.compiled,
+            )
         if not args.no_compare:
             for system in ("quic", "kcp"):
                 records += compare_run(args, system)
