@@ -21,6 +21,11 @@ class State(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    # Members are singletons, so identity is equality: hash them by identity at C speed
+    # (Enum.__hash__ hashes the name in Python, and the hot path tests membership in the
+    # frozensets below several times per segment).
+    __hash__ = object.__hash__
+
 
 # RFC 9293 3.3.2: the states after the handshake, where sequence numbers are synchronized.
 SYNCHRONIZED = frozenset(
