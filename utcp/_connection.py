@@ -951,10 +951,9 @@ class Connection:
 
     def next_timer(self) -> float | None:
         """The earliest deadline at which ``handle_timer`` must run, or None."""
-        best: float | None = None
+        best = self.recovery.next_deadline()
         for t in (
             self._rto_deadline,
-            self.recovery.next_deadline(),
             self._delack_deadline,
             self._persist_deadline,
             self._keepalive_deadline,
@@ -971,10 +970,10 @@ class Connection:
         """RFC 9293 3.8.3 / RFC 5482: the user timeout runs while sent data is unacknowledged
         and while data waits behind a closed window whose probes go unanswered (as Linux
         applies TCP_USER_TIMEOUT to window probes)."""
-        if self.user_timeout is None:
-            return None
-        starts = [t for t in (self._unacked_since, self._probes_since) if t is not None]
-        return min(starts) + self.user_timeout if starts else None
+        start, probes = self._unacked_since, self._probes_since
+        if probes is not None and (start is None or probes < start):
+            start = probes
+        return None if start is None or self.user_timeout is None else start + self.user_timeout
 
     def handle_timer(self, now: float) -> None:
         """Run every timer due at ``now``. May create output."""

@@ -549,10 +549,11 @@ class LossRecovery:
 
     def next_deadline(self) -> float | None:
         """The earliest loss (RACK reordering), probe (TLP) or pacing deadline, or None."""
-        best: float | None = None
-        for t in (self._rack_deadline, self._tlp_deadline, self._pacer.deadline()):
-            if t is not None and (best is None or t < best):
-                best = t
+        best, tlp, pacing = self._rack_deadline, self._tlp_deadline, self._pacer.deadline()
+        if tlp is not None and (best is None or tlp < best):
+            best = tlp
+        if pacing is not None and (best is None or pacing < best):
+            best = pacing
         return best
 
     def probe_timer_due(self, now: float) -> bool:
