@@ -772,7 +772,9 @@ class Connection:
             snd_una=self._snd_una,
             snd_nxt=self._snd_nxt,
             sack_ok=self.sack_ok,
-            sack_blocks=[(self._ack_offset(a), self._ack_offset(b)) for a, b in seg.sack_blocks],
+            sack_blocks=[(self._ack_offset(a), self._ack_offset(b)) for a, b in seg.sack_blocks]
+            if seg.sack_blocks
+            else [],
             # RFC 5681 2: a duplicate ACK.
             dupack=(
                 ack_off == old_una
@@ -792,7 +794,7 @@ class Connection:
                 self._rto_deadline = now + self.rtt.current_rto()
                 self._unacked_since = now
             if released:
-                self._notify(SendSpaceAvailable())
+                self._notify(SendSpaceAvailable)
         window_before = self.snd_wnd
         self._update_window(seg)
         if self.snd_wnd > window_before or newly_sacked:
@@ -838,7 +840,7 @@ class Connection:
         moved = rb.insert(seg_off, payload, self._rcv_adv)
         self.stats.bytes_received += moved
         if moved:
-            self._notify(DataReceived())
+            self._notify(DataReceived)
         if seg_off != before or had_gap:
             # RFC 5681 4.2 / RFC 9293 3.8.6.3: out-of-order data, or data that fills a gap,
             # is acknowledged at once.
@@ -1466,13 +1468,13 @@ class Connection:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%d>%d drop: %s", self.local_port, self.remote_port, reason)
 
-    def _notify(self, event: DataReceived | SendSpaceAvailable) -> None:
+    def _notify(self, kind: type[DataReceived | SendSpaceAvailable]) -> None:
         """Queue a level event at most once until the application takes it: the queue is
         bounded by the connection's state, not by the peer's traffic (a connection nobody
         accepts yet would otherwise pile up one event per segment)."""
-        if type(event) not in self._pending_levels:
-            self._pending_levels.add(type(event))
-            self._events.append(event)
+        if kind not in self._pending_levels:
+            self._pending_levels.add(kind)
+            self._events.append(kind())
 
     def next_event(self) -> Event | None:
         """The next event for the application, or None."""

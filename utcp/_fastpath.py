@@ -110,7 +110,7 @@ def receive_fast(conn: Connection, seg: Segment, now: float) -> bool:
         moved = rb.insert(rb.nxt, payload, conn._rcv_adv)
         conn.stats.bytes_received += moved
         if moved:
-            conn._notify(DataReceived())
+            conn._notify(DataReceived)
         conn._schedule_delayed_ack(now, size >= conn.effective_mss)
         return True
     # A pure ACK of new data: SND.UNA < SEG.ACK =< SND.NXT. No FIN of ours is in flight in

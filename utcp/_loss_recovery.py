@@ -289,7 +289,8 @@ class LossRecovery:
             if not sack_ok:
                 delivered += self.mss  # RFC 9937: DeliveredData without SACK
                 self._reno_sacked = min(self._reno_sacked + self.mss, snd_nxt - snd_una)
-        self._tlp_on_ack(now, snd_una, snd_nxt)
+        if self._tlp_end is not None:
+            self._tlp_on_ack(now, snd_una, snd_nxt)
         if sack_ok and self._rack_detect(now):
             newly_lost = True
         loss_seen = sb.lost_bytes or (not sack_ok and self._dupacks >= DUP_THRESH)
@@ -306,7 +307,8 @@ class LossRecovery:
         return newly_sacked
 
     def _tlp_on_ack(self, now: float, snd_una: int, snd_nxt: int) -> None:
-        """RFC 8985 7.4.2: judge a probe's episode once the ACK reaches TLP.end_seq."""
+        """RFC 8985 7.4.2: judge a probe's episode once the ACK reaches TLP.end_seq (called
+        while a probe is out)."""
         end = self._tlp_end
         if end is None or snd_una < end:
             return
@@ -413,6 +415,9 @@ class LossRecovery:
         """RFC 8985 6.2 step 5 / 6.3: mark losses, arm the reordering timer for the rest.
         Returns whether new losses were found."""
         sb = self.scoreboard
+        if not len(sb) and not sb.retransmitted:
+            self._rack_deadline = None  # nothing in flight: nothing to find lost
+            return False
         lost_before = sb.lost_bytes
         reo = self.rack.reo_wnd(
             in_recovery=self.in_recovery,
@@ -449,10 +454,15 @@ class LossRecovery:
         # 4.1, only on ACKs that advance SND.UNA), or there is none. Otherwise it times the
         # newest segment this ACK delivered; segments SACKed before were delivered then.
         rtt = ts_rtt
-        if not any(s.retransmits for s in acked_segments):
-            fresh = [s for s in acked_segments if not s.sacked]
-            if fresh:
-                rtt = now - fresh[-1].xmit_time
+        newest: SentSegment | None = None
+        for s in acked_segments:
+            if s.retransmits:
+                break
+            if not s.sacked:
+                newest = s
+        else:
+            if newest is not None:
+                rtt = now - newest.xmit_time
         if rtt is not None:
             self.rtt.on_sample(rtt)
         if acked_segments:
