@@ -59,6 +59,7 @@ from ._state import (
     CAN_RECEIVE,
     CLOSE_QUIETLY_ON_RST,
     HANDSHAKING,
+    KEEPALIVE_STATES,
     RST_ON_ABORT,
     SENDING_FIN,
     SYNCHRONIZED,
@@ -175,6 +176,7 @@ class Connection:
         self._offer_wscale = self._choose_wscale() if config.window_scaling else None
         self.sack_ok = False
         self.ts_ok = False
+        self._mss_changed()
         self.ts_recent = 0
         self._ts_recent_time = 0.0
         self._ts_offset = 0
@@ -230,10 +232,10 @@ class Connection:
     def rcv_wnd(self) -> int:
         return max(0, self._rcv_adv - self.rcvbuf.nxt)
 
-    @property
-    def effective_mss(self) -> int:
-        """Largest payload per segment: min of both MSS values less per-segment options."""
-        return max(1, min(self.local_mss, self.peer_mss) - (12 if self.ts_ok else 0))
+    def _mss_changed(self) -> None:
+        """``effective_mss``, the largest payload per segment: min of both MSS values less
+        per-segment options. Called whenever local_mss, peer_mss or ts_ok changes."""
+        self.effective_mss = max(1, min(self.local_mss, self.peer_mss) - (12 if self.ts_ok else 0))
 
     @property
     def rtt(self) -> RttEstimator:
@@ -419,6 +421,7 @@ class Connection:
             self.local_mss = mss
         else:
             self.local_mss = min(self.local_mss, mss)
+        self._mss_changed()
         self.cc.set_mss(self.effective_mss)
 
     def set_congestion_control(self, name: str) -> None:
@@ -539,6 +542,7 @@ class Connection:
                 self._ts_recent_time = now
         else:
             self.ts_ok = False
+        self._mss_changed()
         self.cc.mss = self.effective_mss
         self.rcvbuf.memory_limit = self._ooo_memory_limit()
         self.cc.cwnd = max(
@@ -1078,13 +1082,11 @@ class Connection:
 
     def _arm_idle_timers(self, now: float) -> None:
         """Persist and keepalive are armed after output, from the resulting state."""
-        idle = (
-            self._snd_nxt >= self._snd_una
-            and self.scoreboard.pipe == 0
-            and not len(self.scoreboard)
-        )
+        sb, state = self.recovery.scoreboard, self.state
+        idle = self._snd_nxt >= self._snd_una and sb.pipe == 0 and not len(sb)
+        unsent = idle and self.sndbuf.end > max(self._snd_nxt, 1)
         # Persist: data waiting, nothing in flight, and the window holds it back.
-        if self.state in SYNCHRONIZED and idle and (self.unsent or self._fin_pending()):
+        if idle and state in SYNCHRONIZED and (unsent or self._fin_pending()):
             if self._persist_deadline is None:
                 rto = self.rtt.current_rto() * (1 << min(self._persist_backoff, 16))
                 self._persist_deadline = now + min(
@@ -1092,20 +1094,17 @@ class Connection:
                 )
         else:
             self._persist_deadline = None
-        if self.keepalive and self.state in SYNCHRONIZED and self.state is not State.TIME_WAIT:
-            # Keepalives only while nothing is queued: with data waiting, the RTO or the
-            # persist timer watches the peer and counts toward max_retransmissions (as in
-            # Linux's tcp_keepalive_timer).
-            if idle and not self.unsent:
-                if self._keepalive_probes:
-                    base = self.keepalive_interval
-                    since = self._last_keepalive_time
-                else:
-                    base = self.keepalive_idle
-                    since = self._last_recv_time
-                self._keepalive_deadline = since + base
+        # Keepalives only while nothing is queued: with data waiting, the RTO or the persist
+        # timer watches the peer and counts toward max_retransmissions (as in Linux's
+        # tcp_keepalive_timer).
+        if self.keepalive and idle and not unsent and state in KEEPALIVE_STATES:
+            if self._keepalive_probes:
+                base = self.keepalive_interval
+                since = self._last_keepalive_time
             else:
-                self._keepalive_deadline = None
+                base = self.keepalive_idle
+                since = self._last_recv_time
+            self._keepalive_deadline = since + base
         else:
             self._keepalive_deadline = None
 
@@ -1113,7 +1112,7 @@ class Connection:
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Everything to put on the wire now, encoded. Creates output by definition."""
-        return [encode(seg) for seg in self.segments_to_send(now)]
+        return list(map(encode, self.segments_to_send(now)))
 
     def segments_to_send(self, now: float) -> list[Segment]:
         """Like ``datagrams_to_send`` but as ``Segment`` objects (for tests and tracing)."""
@@ -1131,10 +1130,12 @@ class Connection:
             self._ack_sent()
         elif state in SYNCHRONIZED or _fastopen.sends_early(self):
             self._output_data(out, now)
-            new = out[queued:]
-            if any(s.payload for s in new) and self._replies_to_data(now):
+            acking = data = False
+            for seg in out[queued:] if len(out) > queued else ():
+                data = data or bool(seg.payload)
+                acking = acking or bool(seg.flags & ACK and not seg.flags & RST)
+            if data and self._replies_to_data(now):
                 self._pingpong = True
-            acking = any(s.flags & ACK and not s.flags & RST for s in new)
             delack_due = self._delack_deadline is not None and self._delack_deadline <= now
             if not acking and (self._ack_now or delack_due):
                 out.append(self._segment(ACK, self.snd_nxt, b"", now))
@@ -1165,6 +1166,7 @@ class Connection:
         ts: tuple[int, int] | None = None
         if self.config.timestamps and (not synack or self.ts_ok):
             self.ts_ok = self.ts_ok or not synack
+            self._mss_changed()
             ts = (self._ts_now(now), self.ts_recent if synack else 0)
         return Segment(
             self.local_port,
@@ -1186,12 +1188,22 @@ class Connection:
         self._force_send = False
         rec = self.recovery
         rec.output_started()
-        # 1. retransmissions of segments deemed lost (RFC 6675 5 (NextSeg rule 1) / RFC 6298).
-        while (seg := rec.next_retransmission(now)) is not None:
-            self._retransmit(seg, out, now)
-        # 2. new data within the peer's window and the congestion window.
         sent_before = len(out)
-        self._output_new_data(out, now, force)
+        # The short path (_fastpath.ENABLED) skips steps 1 and 2 when they have nothing to
+        # send: no segment deemed lost, no unsent data, no FIN (as after a request whose
+        # reply is not written yet).
+        if (
+            not _fastpath.ENABLED
+            or rec.scoreboard.lost_bytes
+            or self.sndbuf.end > max(self._snd_nxt, 1)
+            or self._fin_pending()
+        ):
+            # 1. retransmissions of segments deemed lost (RFC 6675 5 NextSeg rule 1, RFC 6298).
+            while (seg := rec.next_retransmission(now)) is not None:
+                self._retransmit(seg, out, now)
+            # 2. new data within the peer's window and the congestion window.
+            sent_before = len(out)
+            self._output_new_data(out, now, force)
         # 3. RFC 8985 7.3: a due tail loss probe: new data if the window allows, else the
         # highest segment sent again.
         if rec.take_probe() and len(out) == sent_before and self.state in SYNCHRONIZED:

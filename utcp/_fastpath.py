@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from ._connection import Connection
 
 ENABLED = True
-"""Module switch (tests turn it off to compare the short path with the full one)."""
+"""Module switch for the short paths, this one and ``Connection._output_data``'s (tests turn
+it off to compare them with the full ones)."""
 
 # Where each kind is predicted: data where the peer's text is still accepted (RFC 9293
 # 3.10.7.4 seventh); pure ACKs where no FIN of ours is in flight, so an ACK changes no state.

@@ -54,6 +54,8 @@ CAN_OUTPUT_DATA = frozenset(
 SENDING_FIN = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 # The handshake is under way: our SYN (or SYN-ACK) is sent and retransmitted.
 HANDSHAKING = frozenset({State.SYN_SENT, State.SYN_RECEIVED})
+# Keep-alives are sent (RFC 9293 3.8.4): synchronized, and not merely waiting out 2 MSL.
+KEEPALIVE_STATES = SYNCHRONIZED - {State.TIME_WAIT}
 # No SYN of ours has been answered yet: options we announce in it may still change.
 BEFORE_SYN = frozenset({State.CLOSED, State.LISTEN, State.SYN_SENT})
 # RFC 9293 3.10.5 ABORT: the peer holds state for the connection, so it gets a RST.

@@ -96,7 +96,8 @@ def test_same_segments_on_the_wire_with_and_without_the_fast_path(
 
 def run_echo(seed: int, enabled: bool) -> list[tuple[Any, ...]]:
     """40 request-response exchanges (each request acknowledges the last reply) over a
-    lossy link; returns the datagrams on the wire."""
+    lossy link, then each end closes with nothing else to send (a FIN alone); returns the
+    datagrams on the wire."""
     _fastpath.ENABLED = enabled
     try:
         pair = HostPair(seed=seed, link=LinkConfig(delay=0.01, loss=0.02), trace=True)
@@ -111,6 +112,10 @@ def run_echo(seed: int, enabled: bool) -> list[tuple[Any, ...]]:
             server.send(request[::-1])
             pair.net.run(lambda n=size: client.readable >= n, timeout=60.0)
             assert client.receive(1 << 20) == request[::-1]
+        client.shutdown(pair.now)
+        pair.net.run(lambda: server.at_eof, timeout=60.0)
+        server.shutdown(pair.now)
+        pair.run_until_closed((client, server))
     finally:
         _fastpath.ENABLED = True
     return [(r.time, r.src, r.dst, r.data) for r in pair.net.trace_records if r.fate == "sent"]
@@ -119,6 +124,28 @@ def run_echo(seed: int, enabled: bool) -> list[tuple[Any, ...]]:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_same_segments_on_the_wire_for_request_response(seed: int) -> None:
     assert run_echo(seed, True) == run_echo(seed, False)
+
+
+def run_slow_reader(seed: int, enabled: bool) -> list[tuple[Any, ...]]:
+    """A transfer into a small receive buffer read slowly: the window closes and reopens,
+    the sender's output passes find data held back by it, send window probes (persist),
+    then the FIN; returns the datagrams on the wire."""
+    _fastpath.ENABLED = enabled
+    try:
+        config = Config(receive_buffer_size=8192)
+        pair = HostPair(
+            seed=seed, link=LinkConfig(delay=0.01, loss=0.02), config=config, trace=True
+        )
+        up, down = random_payload(seed, 60_000), random_payload(seed + 1, 3000)
+        assert pair.transfer(up, down, slow_reader="server", read_size=2048).intact
+    finally:
+        _fastpath.ENABLED = True
+    return [(r.time, r.src, r.dst, r.data) for r in pair.net.trace_records if r.fate == "sent"]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_same_segments_on_the_wire_behind_a_closing_window(seed: int) -> None:
+    assert run_slow_reader(seed, True) == run_slow_reader(seed, False)
 
 
 # ---------------------------------------------------------------------------- tables
