@@ -795,19 +795,21 @@ class Connection:
                 self._rto_deadline = None
                 self._unacked_since = None
             else:
-                self._rto_deadline = now + self.rtt.current_rto()
+                self._rto_deadline = now + self.recovery.rtt.current_rto()
                 self._unacked_since = now
             if released:
                 self._notify(SendSpaceAvailable)
         window_before = self.snd_wnd
-        self._update_window(seg)
+        self._update_window(seg, ack_off=ack_off)
         if self.snd_wnd > window_before or newly_sacked:
             self._persist_backoff = 0
 
-    def _update_window(self, seg: Segment, force: bool = False) -> None:
-        """RFC 9293 3.10.7.4 fifth: update SND.WND if the segment is newer (SND.WL1/WL2)."""
+    def _update_window(self, seg: Segment, force: bool = False, ack_off: int | None = None) -> None:
+        """RFC 9293 3.10.7.4 fifth: update SND.WND if the segment is newer (SND.WL1/WL2).
+        ``ack_off``: SEG.ACK as an offset, if the caller has it."""
         seq_off = self._seq_offset(seg.seq)
-        ack_off = self._ack_offset(seg.ack)
+        if ack_off is None:
+            ack_off = self._ack_offset(seg.ack)
         if (
             force
             or self._snd_wl1 < seq_off
@@ -887,7 +889,7 @@ class Connection:
         allows ACKing more often than every second segment."""
         last = self._last_data_time
         self._last_data_time = now
-        if last is None or now - last > self.rtt.current_rto():
+        if last is None or now - last > self.recovery.rtt.current_rto():
             quota = (self._rcv_adv - self.rcvbuf.nxt) // (2 * self.effective_mss)
             bound = min(self.config.quick_acks, max(2, quota))
             self._quick_acks = max(self._quick_acks, bound)
@@ -956,20 +958,25 @@ class Connection:
     # ------------------------------------------------------------------ timers
 
     def next_timer(self) -> float | None:
-        """The earliest deadline at which ``handle_timer`` must run, or None."""
+        """The earliest deadline at which ``handle_timer`` must run, or None. (It runs for
+        every connection touched, twice per flush: unrolled, most deadlines being None.)"""
         best = self.recovery.next_deadline()
-        for t in (
-            self._rto_deadline,
-            self._delack_deadline,
-            self._persist_deadline,
-            self._keepalive_deadline,
-            self._timewait_deadline,
-            self._finwait2_deadline,
-            self._connect_deadline,
-            self._user_timeout_deadline(),
-        ):
-            if t is not None and (best is None or t < best):
-                best = t
+        if (t := self._rto_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._delack_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._keepalive_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._persist_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._timewait_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._finwait2_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._connect_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._user_timeout_deadline()) is not None and (best is None or t < best):
+            best = t
         return best
 
     def _user_timeout_deadline(self) -> float | None:
@@ -1314,9 +1321,10 @@ class Connection:
 
     def _segment(self, flags: int, seq: int, payload: bytes, now: float) -> Segment:
         """A segment with ACK, window, timestamps and SACK blocks filled in."""
-        ts = (self._ts_now(now), self.ts_recent) if self.ts_ok else None
+        ts = ((int(now * TS_HZ) + self._ts_offset) & MASK, self.ts_recent) if self.ts_ok else None
         sack: tuple[tuple[int, int], ...] = ()
-        if self.sack_ok and (self.rcvbuf.has_gap or self._dsack):
+        rb = self.rcvbuf
+        if self.sack_ok and (rb.has_gap or self._dsack):
             room = 40 - (12 if ts else 0)
             max_blocks = min(4, (room - 4) // 8)
             if payload:
@@ -1334,7 +1342,7 @@ class Connection:
             self.local_port,
             self.remote_port,
             seq,
-            self.rcv_nxt,
+            (self.irs + rb.nxt + self._fin_received) & MASK,  # RCV.NXT
             flags,
             self._advertise_window(),
             payload,
@@ -1381,31 +1389,32 @@ class Connection:
         space = max(0, self._rcv_wnd_capacity - len(self.rcvbuf))
         return min(space, 65535 << self.rcv_wscale)
 
-    def _window_update_worthwhile(self) -> bool:
-        # RFC 9293 3.8.6.2.2: move the right edge only by min(buffer/2, MSS) or more.
-        new_edge = self.rcvbuf.nxt + self._window_space()
+    def _window_update_worthwhile(self, space: int) -> bool:
+        """RFC 9293 3.8.6.2.2: move the right edge only by min(buffer/2, MSS) or more
+        (``space``: ``_window_space()``)."""
         step = min(self._rcv_wnd_capacity // 2, self.local_mss)
-        return new_edge - self._rcv_adv >= step
+        return self.rcvbuf.nxt + space - self._rcv_adv >= step
 
     def _window_update_urgent(self) -> bool:
         """Whether a read should send a window update now rather than with the next ACK:
         only when the SWS rule allows moving the edge and the window at least doubles
         (a peer with half a buffer of window left is not waiting for us)."""
-        if not self._window_update_worthwhile():
+        space = self._window_space()
+        if not self._window_update_worthwhile(space):
             return False
-        return self._window_space() >= 2 * max(self._rcv_adv - self.rcvbuf.nxt, 0)
+        return space >= 2 * max(self._rcv_adv - self.rcvbuf.nxt, 0)
 
     def _advertise_window(self) -> int:
         """The 16-bit window field; never moves the right edge left (RFC 9293 3.8.6.2.2)."""
-        nxt = self.rcvbuf.nxt
-        if self._window_update_worthwhile():
-            self._rcv_adv = nxt + self._window_space()
-        edge = max(self._rcv_adv, nxt)
-        wnd = edge - nxt
-        field = min(wnd >> self.rcv_wscale, 65535)
-        if (field << self.rcv_wscale) + nxt < self._rcv_adv and field < 65535:
+        nxt, shift, adv = self.rcvbuf.nxt, self.rcv_wscale, self._rcv_adv
+        space = self._window_space()
+        if self._window_update_worthwhile(space):
+            adv = nxt + space
+        field = min((adv - nxt if adv > nxt else 0) >> shift, 65535)
+        if (field << shift) + nxt < adv and field < 65535:
             field += 1  # round up rather than shrink the edge by the scaling granularity
-        self._rcv_adv = max(self._rcv_adv, nxt + (field << self.rcv_wscale))
+        edge = nxt + (field << shift)
+        self._rcv_adv = adv if adv >= edge else edge
         if field == 0:
             self.stats.zero_windows_advertised += 1
         return field

@@ -80,7 +80,7 @@ def receive_fast(conn: Connection, seg: Segment, now: float) -> bool:
         ):
             return False
         if ack_off == una:
-            conn._ack_accepted(seg, now)
+            _ack_accepted(conn, seg, now)
             # RFC 9293 3.10.7.4 fifth: nothing acknowledged; the recovery still sees the
             # ACK (RACK and the probe logic run on every one). The echoed timestamp only
             # matters to an ACK of new data; with no SACK blocks nothing is newly SACKed,
@@ -102,7 +102,7 @@ def receive_fast(conn: Connection, seg: Segment, now: float) -> bool:
             if conn.snd_wnd > window_before:
                 conn._persist_backoff = 0
         elif conn.state is State.ESTABLISHED and una < ack_off <= conn._snd_nxt:
-            conn._ack_accepted(seg, now)
+            _ack_accepted(conn, seg, now)
             conn._process_ack(seg, ack_off, now)
         else:
             return False
@@ -118,6 +118,24 @@ def receive_fast(conn: Connection, seg: Segment, now: float) -> bool:
     # these states, so it cannot change the state; the peer's FIN, if any, is handled.
     if not una < ack_off <= conn._snd_nxt:
         return False
-    conn._ack_accepted(seg, now)
+    _ack_accepted(conn, seg, now)
     conn._process_ack(seg, ack_off, now)
     return True
+
+
+def _ack_accepted(conn: Connection, seg: Segment, now: float) -> None:
+    """``Connection._ack_accepted`` for a predicted segment, whose tests are decided: it
+    sits at RCV.NXT (as an offset, RCV.NXT counts the peer's FIN) and its TSval passed
+    PAWS, so RFC 7323 4.3's TS.Recent update depends on Last.ACK.sent alone."""
+    ts = seg.timestamps
+    if (
+        ts is not None
+        and conn.ts_ok
+        and conn.rcvbuf.nxt + conn._fin_received <= conn._last_ack_sent
+    ):
+        conn.ts_recent = ts[0]
+        conn._ts_recent_time = now
+    conn._last_recv_time = now
+    conn._keepalive_probes = 0
+    conn._probes_out = 0
+    conn._probes_since = None

@@ -433,8 +433,8 @@ class Host:
             self._forget(conn)
             conn = None
         if conn is not None:
-            self.touch(conn)
-            if (room := self._unvalidated.get(conn)) is not None:
+            self._touched[conn] = self._unarmed[conn] = None  # touch(conn)
+            if self._unvalidated and (room := self._unvalidated.get(conn)) is not None:
                 room[0] += AMPLIFICATION_FACTOR * self._rx_len
                 room[1] = max(room[1], self._rx_len)
             try:
@@ -641,8 +641,10 @@ class Host:
                 continue
             deadline = self._deadline[conn]
             if deadline > t:
-                heapq.heappop(heap)  # the deadline moved later since this entry was queued
-                self._push(conn, deadline)
+                # The deadline moved later since this entry was queued: queue it there.
+                n = next(self._tiebreak)
+                entries[conn] = (deadline, n)
+                heapq.heapreplace(heap, (deadline, n, conn))
                 continue
             return t
         return None

@@ -208,14 +208,15 @@ class LossRecovery:
         # slow start), and stays so until that round is acknowledged, so ACKs that fall in
         # a pacing gap still count. Waiting for the pacing clock alone does not make a
         # sender cwnd-limited: cwnd, and the pacing rate with it, would grow without bound.
-        cwnd, pipe = self.cc.cwnd, self.scoreboard.pipe
-        if pipe + self.mss > cwnd or (self.cc.in_slow_start() and 2 * pipe >= cwnd):
+        cc = self.cc
+        cwnd, pipe = cc.cwnd, self.scoreboard.pipe
+        if pipe + cc.mss > cwnd or (2 * pipe >= cwnd and cc.in_slow_start()):
             self._cwnd_limited_seq = snd_nxt
 
     def _arm_tlp(self, now: float, allowed: bool, rto_deadline: float | None) -> None:
         """RFC 8985 7.2: arm the PTO with SACK, data in flight, no recovery, no probe out."""
         sb = self.scoreboard
-        if not (allowed and sb.pipe > 0 and not self.in_recovery and self._tlp_end is None):
+        if not (allowed and sb.pipe > 0 and self._recovery_point is None and self._tlp_end is None):
             self._tlp_deadline = None
             return
         if self._tlp_deadline is not None:

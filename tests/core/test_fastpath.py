@@ -303,3 +303,26 @@ def test_fast_path_taken_with_the_full_paths_outcome(case: str) -> None:
     slow.handle_timer(later)
     assert fast.segments_to_send(later) == slow.segments_to_send(later)
     assert fast.receive(1 << 20) == slow.receive(1 << 20)
+
+
+@pytest.mark.parametrize("acked_between", [False, True])
+def test_ts_recent_on_the_short_path_follows_last_ack_sent(acked_between: bool) -> None:
+    # RFC 7323 4.3: TS.Recent takes the TSval of a segment with SEG.SEQ =< Last.ACK.sent.
+    # Two in-order data segments: the second one arrives before or after our ACK of the
+    # first, so its SEQ is beyond Last.ACK.sent (TS.Recent stays) or at it (it moves).
+    fast, slow = sending(ts=True), sending(ts=True)
+    first = in_order_data(fast)
+    second = in_order_data(fast, seq=peer(ACK, 101).seq, timestamps=(peer_ts(NOW + 0.01), 0))
+    for conn, enabled in ((fast, True), (slow, False)):
+        _fastpath.ENABLED = enabled
+        try:
+            conn.receive_segment(first, NOW)
+            if acked_between:
+                conn._ack_now = True
+                assert conn.segments_to_send(NOW)
+            conn.receive_segment(second, NOW + 0.01)
+        finally:
+            _fastpath.ENABLED = True
+    assert fast.ts_recent == (second.timestamps[0] if acked_between else first.timestamps[0])
+    assert snapshot(fast) == snapshot(slow)
+    assert fast.segments_to_send(NOW + 0.01) == slow.segments_to_send(NOW + 0.01)
