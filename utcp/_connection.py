@@ -30,7 +30,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from . import _congestion, _fastopen, _fastpath
+from . import _congestion, _fastopen, _fastpath, _timers
 from ._buffers import BLOCK_OVERHEAD, ReceiveBuffer, SendBuffer
 from ._config import DEFAULT_PEER_MSS, Config
 from ._errors import ConnectionTimedOut, UtcpInternalError, UtcpStateError
@@ -59,7 +59,6 @@ from ._state import (
     CAN_RECEIVE,
     CLOSE_QUIETLY_ON_RST,
     HANDSHAKING,
-    KEEPALIVE_STATES,
     RST_ON_ABORT,
     SENDING_FIN,
     SYNCHRONIZED,
@@ -989,131 +988,8 @@ class Connection:
         return None if start is None or self.user_timeout is None else start + self.user_timeout
 
     def handle_timer(self, now: float) -> None:
-        """Run every timer due at ``now``. May create output."""
-        if self.state is State.CLOSED:
-            return
-        uto = self._user_timeout_deadline()
-        if uto is not None and now >= uto:
-            # RFC 9293 3.8.3 / RFC 5482: data undelivered for the user timeout.
-            self._terminate(now, ConnectionTimedOut("user timeout"), rst=True)
-            return
-        if self._connect_deadline is not None and now >= self._connect_deadline:
-            reason = "handshake" if self._passive else "connect timeout"
-            self._terminate(now, ConnectionTimedOut(reason))
-            return
-        if self._timewait_deadline is not None and now >= self._timewait_deadline:
-            self._terminate(now, None)  # RFC 9293 3.10.8: TIME-WAIT timeout
-            return
-        if self._finwait2_deadline is not None and now >= self._finwait2_deadline:
-            self._terminate(now, None)
-            return
-        if self._delack_deadline is not None and now >= self._delack_deadline:
-            self._delack_deadline = None
-            self._ack_now = True
-            self._pingpong = False  # Linux: a delayed ACK had to go alone: not pingpong
-        if self.recovery.probe_timer_due(now):
-            # RFC 8985 7.3: the probe timeout: a probe goes out, and the RTO starts over.
-            self._rto_deadline = now + self.rtt.current_rto()
-        if self._rto_deadline is not None and now >= self._rto_deadline:
-            self._on_rto(now)
-            if self.closed:
-                return
-        self.recovery.on_timer(
-            now, snd_una=self._snd_una, snd_nxt=self._snd_nxt, sack_ok=self.sack_ok
-        )
-        if self._persist_deadline is not None and now >= self._persist_deadline:
-            self._on_persist(now)
-        if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
-            self._on_keepalive(now)
-
-    def _on_rto(self, now: float) -> None:
-        """RFC 6298 (5.4)-(5.6) and RFC 9293 3.8.3 (R2)."""
-        self.stats.rto_expiries += 1
-        if self.state in HANDSHAKING:
-            self._syn_retries += 1
-            self.rtt.back_off()
-            self._syn_due = True
-            self._rto_deadline = None
-            return
-        self._rto_retries += 1
-        if self.snd_wnd == 0 and self._last_recv_time > self._last_rto_time:
-            # RFC 9293 3.8.6.1: with the peer's window closed, a retransmission is a window
-            # probe, and the connection is kept while the peer answers them: an expiry the
-            # peer answered since the last one does not count toward the limit (as Linux's
-            # retransmission timer treats a zero window).
-            self._rto_answered += 1
-        self._last_rto_time = now
-        if self._rto_retries - self._rto_answered > self.config.max_retransmissions:
-            self._terminate(now, ConnectionTimedOut("retransmission limit"), rst=True)
-            return
-        self.recovery.on_rto(
-            now,
-            snd_una=self._snd_una,
-            snd_nxt=self._snd_nxt,
-            repeated=self._rto_retries > 1,
-            tsval=self._ts_now(now) if self.ts_ok else None,
-        )
-        self.rtt.back_off()
-        self._rto_deadline = now + self.rtt.current_rto()
-
-    def _on_persist(self, now: float) -> None:
-        """RFC 9293 3.8.6.1 zero-window probe, also the SWS override timeout (3.8.6.2.1)."""
-        self._persist_deadline = None
-        # RFC 9293 3.8.3 (R2) and 3.8.6.1: a probe is a retransmission of the window
-        # question; while the peer answers none of them they count toward the same limit
-        # as retransmissions (Linux: icsk_probes_out against tcp_retries2). An answer resets
-        # the count (_ack_accepted), so a live peer may keep its window closed forever
-        # (MUST-37).
-        if self._probes_out >= self.config.max_retransmissions:
-            self._terminate(now, ConnectionTimedOut("zero-window probes unanswered"), rst=True)
-            return
-        if self._probes_out == 0:
-            self._probes_since = now
-        self._probes_out += 1
-        self._persist_backoff += 1
-        self.stats.window_probes += 1
-        self._force_send = True
-
-    def _on_keepalive(self, now: float) -> None:
-        """RFC 1122 4.2.3.6 / RFC 9293 3.8.4."""
-        self._keepalive_deadline = None
-        if self._keepalive_probes >= self.keepalive_count:
-            self._terminate(now, ConnectionTimedOut("keepalive"), rst=True)
-            return
-        self._keepalive_probes += 1
-        self.stats.keepalive_probes += 1
-        self._last_keepalive_time = now
-        # <SEQ=SND.NXT-1>, no data: the peer answers with an ACK.
-        self._out.append(self._segment(ACK, (self.snd_nxt - 1) & MASK, b"", now))
-        self._ack_sent()
-
-    def _arm_idle_timers(self, now: float) -> None:
-        """Persist and keepalive are armed after output, from the resulting state."""
-        sb, state = self.recovery.scoreboard, self.state
-        idle = self._snd_nxt >= self._snd_una and sb.pipe == 0 and not len(sb)
-        unsent = idle and self.sndbuf.end > max(self._snd_nxt, 1)
-        # Persist: data waiting, nothing in flight, and the window holds it back.
-        if idle and state in SYNCHRONIZED and (unsent or self._fin_pending()):
-            if self._persist_deadline is None:
-                rto = self.rtt.current_rto() * (1 << min(self._persist_backoff, 16))
-                self._persist_deadline = now + min(
-                    max(rto, self.config.min_rto), self.config.max_rto
-                )
-        else:
-            self._persist_deadline = None
-        # Keepalives only while nothing is queued: with data waiting, the RTO or the persist
-        # timer watches the peer and counts toward max_retransmissions (as in Linux's
-        # tcp_keepalive_timer).
-        if self.keepalive and idle and not unsent and state in KEEPALIVE_STATES:
-            if self._keepalive_probes:
-                base = self.keepalive_interval
-                since = self._last_keepalive_time
-            else:
-                base = self.keepalive_idle
-                since = self._last_recv_time
-            self._keepalive_deadline = since + base
-        else:
-            self._keepalive_deadline = None
+        """Run every timer due at ``now`` (see ``_timers``). May create output."""
+        _timers.handle_timer(self, now)
 
     # ------------------------------------------------------------------ output
 
@@ -1149,7 +1025,7 @@ class Connection:
                 acking = True
             if acking:
                 self._ack_sent()
-            self._arm_idle_timers(now)
+            _timers.arm_idle_timers(self, now)
         self.stats.segments_sent += len(out)
         return out
 
