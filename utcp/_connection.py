@@ -974,8 +974,12 @@ class Connection:
             best = t
         if (t := self._connect_deadline) is not None and (best is None or t < best):
             best = t
-        if (t := self._user_timeout_deadline()) is not None and (best is None or t < best):
-            best = t
+        if (uto := self.user_timeout) is not None:  # _user_timeout_deadline, inline
+            start, probes = self._unacked_since, self._probes_since
+            if probes is not None and (start is None or probes < start):
+                start = probes
+            if start is not None and (best is None or start + uto < best):
+                best = start + uto
         return best
 
     def _user_timeout_deadline(self) -> float | None:
@@ -1079,7 +1083,7 @@ class Connection:
             not _fastpath.ENABLED
             or rec.scoreboard.lost_bytes
             or self.sndbuf.end > max(self._snd_nxt, 1)
-            or self._fin_pending()
+            or (self._fin_queued and self._fin_pending())
         ):
             # 1. retransmissions of segments deemed lost (RFC 6675 5 NextSeg rule 1, RFC 6298).
             while (seg := rec.next_retransmission(now)) is not None:
@@ -1262,8 +1266,8 @@ class Connection:
         """Receive-buffer space beyond RCV.NXT, no more than the window field can carry
         (RFC 7323 2.2: 65535 << Rcv.Wind.Shift), so the acceptance edge never passes what
         was advertised."""
-        space = max(0, self._rcv_wnd_capacity - len(self.rcvbuf))
-        return min(space, 65535 << self.rcv_wscale)
+        space, limit = self._rcv_wnd_capacity - len(self.rcvbuf), 65535 << self.rcv_wscale
+        return 0 if space <= 0 else space if space <= limit else limit
 
     def _window_update_worthwhile(self, space: int) -> bool:
         """RFC 9293 3.8.6.2.2: move the right edge only by min(buffer/2, MSS) or more
@@ -1395,7 +1399,7 @@ class Connection:
         return (int(now * TS_HZ) + self._ts_offset) & MASK
 
     def _ts_rtt(self, tsecr: int, now: float) -> float:
-        return max(0, seq_diff(self._ts_now(now), tsecr)) / TS_HZ
+        return max(0, seq_diff((int(now * TS_HZ) + self._ts_offset) & MASK, tsecr)) / TS_HZ
 
     def _seq_offset(self, seq: int) -> int:
         """A received sequence number as an offset in the peer's stream (near RCV.NXT)."""

@@ -29,7 +29,8 @@ class RttEstimator:
 
     def on_sample(self, rtt: float) -> None:
         """Feed one RTT measurement (Karn's rule is the caller's job: RFC 6298 (3))."""
-        rtt = max(rtt, 0.0)
+        if rtt < 0.0:
+            rtt = 0.0
         self.latest_rtt = rtt
         if self.min_rtt is None or rtt < self.min_rtt:
             self.min_rtt = rtt

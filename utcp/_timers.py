@@ -129,7 +129,7 @@ def arm_idle_timers(conn: Connection, now: float) -> None:
     idle = conn._snd_nxt >= conn._snd_una and sb.pipe == 0 and not len(sb)
     unsent = idle and conn.sndbuf.end > max(conn._snd_nxt, 1)
     # Persist: data waiting, nothing in flight, and the window holds it back.
-    if idle and state in SYNCHRONIZED and (unsent or conn._fin_pending()):
+    if idle and state in SYNCHRONIZED and (unsent or (conn._fin_queued and conn._fin_pending())):
         if conn._persist_deadline is None:
             rto = conn.rtt.current_rto() * (1 << min(conn._persist_backoff, 16))
             conn._persist_deadline = now + min(max(rto, conn.config.min_rto), conn.config.max_rto)
