@@ -30,7 +30,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from . import _congestion, _fastopen, _fastpath
+from . import _congestion, _fastopen, _fastpath, _timers
 from ._buffers import BLOCK_OVERHEAD, ReceiveBuffer, SendBuffer
 from ._config import DEFAULT_PEER_MSS, Config
 from ._errors import ConnectionTimedOut, UtcpInternalError, UtcpStateError
@@ -175,6 +175,7 @@ class Connection:
         self._offer_wscale = self._choose_wscale() if config.window_scaling else None
         self.sack_ok = False
         self.ts_ok = False
+        self._mss_changed()
         self.ts_recent = 0
         self._ts_recent_time = 0.0
         self._ts_offset = 0
@@ -230,10 +231,10 @@ class Connection:
     def rcv_wnd(self) -> int:
         return max(0, self._rcv_adv - self.rcvbuf.nxt)
 
-    @property
-    def effective_mss(self) -> int:
-        """Largest payload per segment: min of both MSS values less per-segment options."""
-        return max(1, min(self.local_mss, self.peer_mss) - (12 if self.ts_ok else 0))
+    def _mss_changed(self) -> None:
+        """``effective_mss``, the largest payload per segment: min of both MSS values less
+        per-segment options. Called whenever local_mss, peer_mss or ts_ok changes."""
+        self.effective_mss = max(1, min(self.local_mss, self.peer_mss) - (12 if self.ts_ok else 0))
 
     @property
     def rtt(self) -> RttEstimator:
@@ -419,6 +420,7 @@ class Connection:
             self.local_mss = mss
         else:
             self.local_mss = min(self.local_mss, mss)
+        self._mss_changed()
         self.cc.set_mss(self.effective_mss)
 
     def set_congestion_control(self, name: str) -> None:
@@ -539,6 +541,7 @@ class Connection:
                 self._ts_recent_time = now
         else:
             self.ts_ok = False
+        self._mss_changed()
         self.cc.mss = self.effective_mss
         self.rcvbuf.memory_limit = self._ooo_memory_limit()
         self.cc.cwnd = max(
@@ -772,7 +775,9 @@ class Connection:
             snd_una=self._snd_una,
             snd_nxt=self._snd_nxt,
             sack_ok=self.sack_ok,
-            sack_blocks=[(self._ack_offset(a), self._ack_offset(b)) for a, b in seg.sack_blocks],
+            sack_blocks=[(self._ack_offset(a), self._ack_offset(b)) for a, b in seg.sack_blocks]
+            if seg.sack_blocks
+            else [],
             # RFC 5681 2: a duplicate ACK.
             dupack=(
                 ack_off == old_una
@@ -789,19 +794,21 @@ class Connection:
                 self._rto_deadline = None
                 self._unacked_since = None
             else:
-                self._rto_deadline = now + self.rtt.current_rto()
+                self._rto_deadline = now + self.recovery.rtt.current_rto()
                 self._unacked_since = now
             if released:
-                self._notify(SendSpaceAvailable())
+                self._notify(SendSpaceAvailable)
         window_before = self.snd_wnd
-        self._update_window(seg)
+        self._update_window(seg, ack_off=ack_off)
         if self.snd_wnd > window_before or newly_sacked:
             self._persist_backoff = 0
 
-    def _update_window(self, seg: Segment, force: bool = False) -> None:
-        """RFC 9293 3.10.7.4 fifth: update SND.WND if the segment is newer (SND.WL1/WL2)."""
+    def _update_window(self, seg: Segment, force: bool = False, ack_off: int | None = None) -> None:
+        """RFC 9293 3.10.7.4 fifth: update SND.WND if the segment is newer (SND.WL1/WL2).
+        ``ack_off``: SEG.ACK as an offset, if the caller has it."""
         seq_off = self._seq_offset(seg.seq)
-        ack_off = self._ack_offset(seg.ack)
+        if ack_off is None:
+            ack_off = self._ack_offset(seg.ack)
         if (
             force
             or self._snd_wl1 < seq_off
@@ -838,7 +845,7 @@ class Connection:
         moved = rb.insert(seg_off, payload, self._rcv_adv)
         self.stats.bytes_received += moved
         if moved:
-            self._notify(DataReceived())
+            self._notify(DataReceived)
         if seg_off != before or had_gap:
             # RFC 5681 4.2 / RFC 9293 3.8.6.3: out-of-order data, or data that fills a gap,
             # is acknowledged at once.
@@ -881,7 +888,7 @@ class Connection:
         allows ACKing more often than every second segment."""
         last = self._last_data_time
         self._last_data_time = now
-        if last is None or now - last > self.rtt.current_rto():
+        if last is None or now - last > self.recovery.rtt.current_rto():
             quota = (self._rcv_adv - self.rcvbuf.nxt) // (2 * self.effective_mss)
             bound = min(self.config.quick_acks, max(2, quota))
             self._quick_acks = max(self._quick_acks, bound)
@@ -950,169 +957,49 @@ class Connection:
     # ------------------------------------------------------------------ timers
 
     def next_timer(self) -> float | None:
-        """The earliest deadline at which ``handle_timer`` must run, or None."""
-        best: float | None = None
-        for t in (
-            self._rto_deadline,
-            self.recovery.next_deadline(),
-            self._delack_deadline,
-            self._persist_deadline,
-            self._keepalive_deadline,
-            self._timewait_deadline,
-            self._finwait2_deadline,
-            self._connect_deadline,
-            self._user_timeout_deadline(),
-        ):
-            if t is not None and (best is None or t < best):
-                best = t
+        """The earliest deadline at which ``handle_timer`` must run, or None. (It runs for
+        every connection touched, twice per flush: unrolled, most deadlines being None.)"""
+        best = self.recovery.next_deadline()
+        if (t := self._rto_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._delack_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._keepalive_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._persist_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._timewait_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._finwait2_deadline) is not None and (best is None or t < best):
+            best = t
+        if (t := self._connect_deadline) is not None and (best is None or t < best):
+            best = t
+        if (uto := self.user_timeout) is not None:  # _user_timeout_deadline, inline
+            start, probes = self._unacked_since, self._probes_since
+            if probes is not None and (start is None or probes < start):
+                start = probes
+            if start is not None and (best is None or start + uto < best):
+                best = start + uto
         return best
 
     def _user_timeout_deadline(self) -> float | None:
         """RFC 9293 3.8.3 / RFC 5482: the user timeout runs while sent data is unacknowledged
         and while data waits behind a closed window whose probes go unanswered (as Linux
         applies TCP_USER_TIMEOUT to window probes)."""
-        if self.user_timeout is None:
-            return None
-        starts = [t for t in (self._unacked_since, self._probes_since) if t is not None]
-        return min(starts) + self.user_timeout if starts else None
+        start, probes = self._unacked_since, self._probes_since
+        if probes is not None and (start is None or probes < start):
+            start = probes
+        return None if start is None or self.user_timeout is None else start + self.user_timeout
 
     def handle_timer(self, now: float) -> None:
-        """Run every timer due at ``now``. May create output."""
-        if self.state is State.CLOSED:
-            return
-        uto = self._user_timeout_deadline()
-        if uto is not None and now >= uto:
-            # RFC 9293 3.8.3 / RFC 5482: data undelivered for the user timeout.
-            self._terminate(now, ConnectionTimedOut("user timeout"), rst=True)
-            return
-        if self._connect_deadline is not None and now >= self._connect_deadline:
-            reason = "handshake" if self._passive else "connect timeout"
-            self._terminate(now, ConnectionTimedOut(reason))
-            return
-        if self._timewait_deadline is not None and now >= self._timewait_deadline:
-            self._terminate(now, None)  # RFC 9293 3.10.8: TIME-WAIT timeout
-            return
-        if self._finwait2_deadline is not None and now >= self._finwait2_deadline:
-            self._terminate(now, None)
-            return
-        if self._delack_deadline is not None and now >= self._delack_deadline:
-            self._delack_deadline = None
-            self._ack_now = True
-            self._pingpong = False  # Linux: a delayed ACK had to go alone: not pingpong
-        if self.recovery.probe_timer_due(now):
-            # RFC 8985 7.3: the probe timeout: a probe goes out, and the RTO starts over.
-            self._rto_deadline = now + self.rtt.current_rto()
-        if self._rto_deadline is not None and now >= self._rto_deadline:
-            self._on_rto(now)
-            if self.closed:
-                return
-        self.recovery.on_timer(
-            now, snd_una=self._snd_una, snd_nxt=self._snd_nxt, sack_ok=self.sack_ok
-        )
-        if self._persist_deadline is not None and now >= self._persist_deadline:
-            self._on_persist(now)
-        if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
-            self._on_keepalive(now)
-
-    def _on_rto(self, now: float) -> None:
-        """RFC 6298 (5.4)-(5.6) and RFC 9293 3.8.3 (R2)."""
-        self.stats.rto_expiries += 1
-        if self.state in HANDSHAKING:
-            self._syn_retries += 1
-            self.rtt.back_off()
-            self._syn_due = True
-            self._rto_deadline = None
-            return
-        self._rto_retries += 1
-        if self.snd_wnd == 0 and self._last_recv_time > self._last_rto_time:
-            # RFC 9293 3.8.6.1: with the peer's window closed, a retransmission is a window
-            # probe, and the connection is kept while the peer answers them: an expiry the
-            # peer answered since the last one does not count toward the limit (as Linux's
-            # retransmission timer treats a zero window).
-            self._rto_answered += 1
-        self._last_rto_time = now
-        if self._rto_retries - self._rto_answered > self.config.max_retransmissions:
-            self._terminate(now, ConnectionTimedOut("retransmission limit"), rst=True)
-            return
-        self.recovery.on_rto(
-            now,
-            snd_una=self._snd_una,
-            snd_nxt=self._snd_nxt,
-            repeated=self._rto_retries > 1,
-            tsval=self._ts_now(now) if self.ts_ok else None,
-        )
-        self.rtt.back_off()
-        self._rto_deadline = now + self.rtt.current_rto()
-
-    def _on_persist(self, now: float) -> None:
-        """RFC 9293 3.8.6.1 zero-window probe, also the SWS override timeout (3.8.6.2.1)."""
-        self._persist_deadline = None
-        # RFC 9293 3.8.3 (R2) and 3.8.6.1: a probe is a retransmission of the window
-        # question; while the peer answers none of them they count toward the same limit
-        # as retransmissions (Linux: icsk_probes_out against tcp_retries2). An answer resets
-        # the count (_ack_accepted), so a live peer may keep its window closed forever
-        # (MUST-37).
-        if self._probes_out >= self.config.max_retransmissions:
-            self._terminate(now, ConnectionTimedOut("zero-window probes unanswered"), rst=True)
-            return
-        if self._probes_out == 0:
-            self._probes_since = now
-        self._probes_out += 1
-        self._persist_backoff += 1
-        self.stats.window_probes += 1
-        self._force_send = True
-
-    def _on_keepalive(self, now: float) -> None:
-        """RFC 1122 4.2.3.6 / RFC 9293 3.8.4."""
-        self._keepalive_deadline = None
-        if self._keepalive_probes >= self.keepalive_count:
-            self._terminate(now, ConnectionTimedOut("keepalive"), rst=True)
-            return
-        self._keepalive_probes += 1
-        self.stats.keepalive_probes += 1
-        self._last_keepalive_time = now
-        # <SEQ=SND.NXT-1>, no data: the peer answers with an ACK.
-        self._out.append(self._segment(ACK, (self.snd_nxt - 1) & MASK, b"", now))
-        self._ack_sent()
-
-    def _arm_idle_timers(self, now: float) -> None:
-        """Persist and keepalive are armed after output, from the resulting state."""
-        idle = (
-            self._snd_nxt >= self._snd_una
-            and self.scoreboard.pipe == 0
-            and not len(self.scoreboard)
-        )
-        # Persist: data waiting, nothing in flight, and the window holds it back.
-        if self.state in SYNCHRONIZED and idle and (self.unsent or self._fin_pending()):
-            if self._persist_deadline is None:
-                rto = self.rtt.current_rto() * (1 << min(self._persist_backoff, 16))
-                self._persist_deadline = now + min(
-                    max(rto, self.config.min_rto), self.config.max_rto
-                )
-        else:
-            self._persist_deadline = None
-        if self.keepalive and self.state in SYNCHRONIZED and self.state is not State.TIME_WAIT:
-            # Keepalives only while nothing is queued: with data waiting, the RTO or the
-            # persist timer watches the peer and counts toward max_retransmissions (as in
-            # Linux's tcp_keepalive_timer).
-            if idle and not self.unsent:
-                if self._keepalive_probes:
-                    base = self.keepalive_interval
-                    since = self._last_keepalive_time
-                else:
-                    base = self.keepalive_idle
-                    since = self._last_recv_time
-                self._keepalive_deadline = since + base
-            else:
-                self._keepalive_deadline = None
-        else:
-            self._keepalive_deadline = None
+        """Run every timer due at ``now`` (see ``_timers``). May create output."""
+        _timers.handle_timer(self, now)
 
     # ------------------------------------------------------------------ output
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Everything to put on the wire now, encoded. Creates output by definition."""
-        return [encode(seg) for seg in self.segments_to_send(now)]
+        return list(map(encode, self.segments_to_send(now)))
 
     def segments_to_send(self, now: float) -> list[Segment]:
         """Like ``datagrams_to_send`` but as ``Segment`` objects (for tests and tracing)."""
@@ -1130,17 +1017,19 @@ class Connection:
             self._ack_sent()
         elif state in SYNCHRONIZED or _fastopen.sends_early(self):
             self._output_data(out, now)
-            new = out[queued:]
-            if any(s.payload for s in new) and self._replies_to_data(now):
+            acking = data = False
+            for seg in out[queued:] if len(out) > queued else ():
+                data = data or bool(seg.payload)
+                acking = acking or bool(seg.flags & ACK and not seg.flags & RST)
+            if data and self._replies_to_data(now):
                 self._pingpong = True
-            acking = any(s.flags & ACK and not s.flags & RST for s in new)
             delack_due = self._delack_deadline is not None and self._delack_deadline <= now
             if not acking and (self._ack_now or delack_due):
                 out.append(self._segment(ACK, self.snd_nxt, b"", now))
                 acking = True
             if acking:
                 self._ack_sent()
-            self._arm_idle_timers(now)
+            _timers.arm_idle_timers(self, now)
         self.stats.segments_sent += len(out)
         return out
 
@@ -1164,6 +1053,7 @@ class Connection:
         ts: tuple[int, int] | None = None
         if self.config.timestamps and (not synack or self.ts_ok):
             self.ts_ok = self.ts_ok or not synack
+            self._mss_changed()
             ts = (self._ts_now(now), self.ts_recent if synack else 0)
         return Segment(
             self.local_port,
@@ -1185,12 +1075,22 @@ class Connection:
         self._force_send = False
         rec = self.recovery
         rec.output_started()
-        # 1. retransmissions of segments deemed lost (RFC 6675 5 (NextSeg rule 1) / RFC 6298).
-        while (seg := rec.next_retransmission(now)) is not None:
-            self._retransmit(seg, out, now)
-        # 2. new data within the peer's window and the congestion window.
         sent_before = len(out)
-        self._output_new_data(out, now, force)
+        # The short path (_fastpath.ENABLED) skips steps 1 and 2 when they have nothing to
+        # send: no segment deemed lost, no unsent data, no FIN (as after a request whose
+        # reply is not written yet).
+        if (
+            not _fastpath.ENABLED
+            or rec.scoreboard.lost_bytes
+            or self.sndbuf.end > max(self._snd_nxt, 1)
+            or (self._fin_queued and self._fin_pending())
+        ):
+            # 1. retransmissions of segments deemed lost (RFC 6675 5 NextSeg rule 1, RFC 6298).
+            while (seg := rec.next_retransmission(now)) is not None:
+                self._retransmit(seg, out, now)
+            # 2. new data within the peer's window and the congestion window.
+            sent_before = len(out)
+            self._output_new_data(out, now, force)
         # 3. RFC 8985 7.3: a due tail loss probe: new data if the window allows, else the
         # highest segment sent again.
         if rec.take_probe() and len(out) == sent_before and self.state in SYNCHRONIZED:
@@ -1301,9 +1201,10 @@ class Connection:
 
     def _segment(self, flags: int, seq: int, payload: bytes, now: float) -> Segment:
         """A segment with ACK, window, timestamps and SACK blocks filled in."""
-        ts = (self._ts_now(now), self.ts_recent) if self.ts_ok else None
+        ts = ((int(now * TS_HZ) + self._ts_offset) & MASK, self.ts_recent) if self.ts_ok else None
         sack: tuple[tuple[int, int], ...] = ()
-        if self.sack_ok and (self.rcvbuf.has_gap or self._dsack):
+        rb = self.rcvbuf
+        if self.sack_ok and (rb.has_gap or self._dsack):
             room = 40 - (12 if ts else 0)
             max_blocks = min(4, (room - 4) // 8)
             if payload:
@@ -1321,7 +1222,7 @@ class Connection:
             self.local_port,
             self.remote_port,
             seq,
-            self.rcv_nxt,
+            (self.irs + rb.nxt + self._fin_received) & MASK,  # RCV.NXT
             flags,
             self._advertise_window(),
             payload,
@@ -1365,34 +1266,35 @@ class Connection:
         """Receive-buffer space beyond RCV.NXT, no more than the window field can carry
         (RFC 7323 2.2: 65535 << Rcv.Wind.Shift), so the acceptance edge never passes what
         was advertised."""
-        space = max(0, self._rcv_wnd_capacity - len(self.rcvbuf))
-        return min(space, 65535 << self.rcv_wscale)
+        space, limit = self._rcv_wnd_capacity - len(self.rcvbuf), 65535 << self.rcv_wscale
+        return 0 if space <= 0 else space if space <= limit else limit
 
-    def _window_update_worthwhile(self) -> bool:
-        # RFC 9293 3.8.6.2.2: move the right edge only by min(buffer/2, MSS) or more.
-        new_edge = self.rcvbuf.nxt + self._window_space()
+    def _window_update_worthwhile(self, space: int) -> bool:
+        """RFC 9293 3.8.6.2.2: move the right edge only by min(buffer/2, MSS) or more
+        (``space``: ``_window_space()``)."""
         step = min(self._rcv_wnd_capacity // 2, self.local_mss)
-        return new_edge - self._rcv_adv >= step
+        return self.rcvbuf.nxt + space - self._rcv_adv >= step
 
     def _window_update_urgent(self) -> bool:
         """Whether a read should send a window update now rather than with the next ACK:
         only when the SWS rule allows moving the edge and the window at least doubles
         (a peer with half a buffer of window left is not waiting for us)."""
-        if not self._window_update_worthwhile():
+        space = self._window_space()
+        if not self._window_update_worthwhile(space):
             return False
-        return self._window_space() >= 2 * max(self._rcv_adv - self.rcvbuf.nxt, 0)
+        return space >= 2 * max(self._rcv_adv - self.rcvbuf.nxt, 0)
 
     def _advertise_window(self) -> int:
         """The 16-bit window field; never moves the right edge left (RFC 9293 3.8.6.2.2)."""
-        nxt = self.rcvbuf.nxt
-        if self._window_update_worthwhile():
-            self._rcv_adv = nxt + self._window_space()
-        edge = max(self._rcv_adv, nxt)
-        wnd = edge - nxt
-        field = min(wnd >> self.rcv_wscale, 65535)
-        if (field << self.rcv_wscale) + nxt < self._rcv_adv and field < 65535:
+        nxt, shift, adv = self.rcvbuf.nxt, self.rcv_wscale, self._rcv_adv
+        space = self._window_space()
+        if self._window_update_worthwhile(space):
+            adv = nxt + space
+        field = min((adv - nxt if adv > nxt else 0) >> shift, 65535)
+        if (field << shift) + nxt < adv and field < 65535:
             field += 1  # round up rather than shrink the edge by the scaling granularity
-        self._rcv_adv = max(self._rcv_adv, nxt + (field << self.rcv_wscale))
+        edge = nxt + (field << shift)
+        self._rcv_adv = adv if adv >= edge else edge
         if field == 0:
             self.stats.zero_windows_advertised += 1
         return field
@@ -1467,13 +1369,13 @@ class Connection:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%d>%d drop: %s", self.local_port, self.remote_port, reason)
 
-    def _notify(self, event: DataReceived | SendSpaceAvailable) -> None:
+    def _notify(self, kind: type[DataReceived | SendSpaceAvailable]) -> None:
         """Queue a level event at most once until the application takes it: the queue is
         bounded by the connection's state, not by the peer's traffic (a connection nobody
         accepts yet would otherwise pile up one event per segment)."""
-        if type(event) not in self._pending_levels:
-            self._pending_levels.add(type(event))
-            self._events.append(event)
+        if kind not in self._pending_levels:
+            self._pending_levels.add(kind)
+            self._events.append(kind())
 
     def next_event(self) -> Event | None:
         """The next event for the application, or None."""
@@ -1497,7 +1399,7 @@ class Connection:
         return (int(now * TS_HZ) + self._ts_offset) & MASK
 
     def _ts_rtt(self, tsecr: int, now: float) -> float:
-        return max(0, seq_diff(self._ts_now(now), tsecr)) / TS_HZ
+        return max(0, seq_diff((int(now * TS_HZ) + self._ts_offset) & MASK, tsecr)) / TS_HZ
 
     def _seq_offset(self, seq: int) -> int:
         """A received sequence number as an offset in the peer's stream (near RCV.NXT)."""

@@ -312,7 +312,7 @@ def syn_in(conn: Connection, seg: Segment, now: float) -> None:
         conn.stats.bytes_received += moved
         conn._last_data_time = now
         if moved:
-            conn._notify(DataReceived())
+            conn._notify(DataReceived)
 
 
 def sends_early(conn: Connection) -> bool:

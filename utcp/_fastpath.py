@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from ._connection import Connection
 
 ENABLED = True
-"""Module switch (tests turn it off to compare the short path with the full one)."""
+"""Module switch for the short paths, this one and ``Connection._output_data``'s (tests turn
+it off to compare them with the full ones)."""
 
 # Where each kind is predicted: data where the peer's text is still accepted (RFC 9293
 # 3.10.7.4 seventh); pure ACKs where no FIN of ours is in flight, so an ACK changes no state.
@@ -79,7 +80,7 @@ def receive_fast(conn: Connection, seg: Segment, now: float) -> bool:
         ):
             return False
         if ack_off == una:
-            conn._ack_accepted(seg, now)
+            _ack_accepted(conn, seg, now)
             # RFC 9293 3.10.7.4 fifth: nothing acknowledged; the recovery still sees the
             # ACK (RACK and the probe logic run on every one). The echoed timestamp only
             # matters to an ACK of new data; with no SACK blocks nothing is newly SACKed,
@@ -101,7 +102,7 @@ def receive_fast(conn: Connection, seg: Segment, now: float) -> bool:
             if conn.snd_wnd > window_before:
                 conn._persist_backoff = 0
         elif conn.state is State.ESTABLISHED and una < ack_off <= conn._snd_nxt:
-            conn._ack_accepted(seg, now)
+            _ack_accepted(conn, seg, now)
             conn._process_ack(seg, ack_off, now)
         else:
             return False
@@ -110,13 +111,31 @@ def receive_fast(conn: Connection, seg: Segment, now: float) -> bool:
         moved = rb.insert(rb.nxt, payload, conn._rcv_adv)
         conn.stats.bytes_received += moved
         if moved:
-            conn._notify(DataReceived())
+            conn._notify(DataReceived)
         conn._schedule_delayed_ack(now, size >= conn.effective_mss)
         return True
     # A pure ACK of new data: SND.UNA < SEG.ACK =< SND.NXT. No FIN of ours is in flight in
     # these states, so it cannot change the state; the peer's FIN, if any, is handled.
     if not una < ack_off <= conn._snd_nxt:
         return False
-    conn._ack_accepted(seg, now)
+    _ack_accepted(conn, seg, now)
     conn._process_ack(seg, ack_off, now)
     return True
+
+
+def _ack_accepted(conn: Connection, seg: Segment, now: float) -> None:
+    """``Connection._ack_accepted`` for a predicted segment, whose tests are decided: it
+    sits at RCV.NXT (as an offset, RCV.NXT counts the peer's FIN) and its TSval passed
+    PAWS, so RFC 7323 4.3's TS.Recent update depends on Last.ACK.sent alone."""
+    ts = seg.timestamps
+    if (
+        ts is not None
+        and conn.ts_ok
+        and conn.rcvbuf.nxt + conn._fin_received <= conn._last_ack_sent
+    ):
+        conn.ts_recent = ts[0]
+        conn._ts_recent_time = now
+    conn._last_recv_time = now
+    conn._keepalive_probes = 0
+    conn._probes_out = 0
+    conn._probes_since = None

@@ -437,8 +437,8 @@ class Host:
             self._forget(conn)
             conn = None
         if conn is not None:
-            self.touch(conn)
-            if (room := self._unvalidated.get(conn)) is not None:
+            self._touched[conn] = self._unarmed[conn] = None  # touch(conn)
+            if self._unvalidated and (room := self._unvalidated.get(conn)) is not None:
                 room[0] += AMPLIFICATION_FACTOR * self._rx_len
                 room[1] = max(room[1], self._rx_len)
             try:
@@ -633,20 +633,24 @@ class Host:
         """The earliest deadline of any connection, or None."""
         if self.touch_all:
             self._touch_all()
-        self._arm_touched()
+        if self._unarmed:
+            self._arm_touched()
         return self._peek()
 
     def _peek(self) -> float | None:
-        heap = self._timers
+        heap, entries = self._timers, self._entry
         while heap:
             t, n, conn = heap[0]
-            if self._entry.get(conn) != (t, n):
+            entry = entries.get(conn)
+            if entry is None or entry[1] != n:
                 heapq.heappop(heap)  # stale: the connection re-armed or went away
                 continue
             deadline = self._deadline[conn]
             if deadline > t:
-                heapq.heappop(heap)  # the deadline moved later since this entry was queued
-                self._push(conn, deadline)
+                # The deadline moved later since this entry was queued: queue it there.
+                n = next(self._tiebreak)
+                entries[conn] = (deadline, n)
+                heapq.heapreplace(heap, (deadline, n, conn))
                 continue
             return t
         return None
@@ -676,17 +680,22 @@ class Host:
             self._touch_all()
         self._now = now
         touched = self._touched
-        for conn in touched:
-            self._collect(conn, now)
-        self._unarmed.update(touched)  # output arms timers (RTO, persist, keepalive...)
-        self._arm_touched()
-        self._settle(now)
+        if touched:
+            for conn in touched:
+                self._collect(conn, now)
+            self._unarmed.update(touched)  # output arms timers (RTO, persist, keepalive...)
+            self._arm_touched()
+            self._settle(now)
         self.woken = list(touched)
         touched.clear()
-        self.accept_changed, self._accept_grew = self._accept_grew, set()
-        out, self._out = self._out, []
-        self.stats.datagrams_sent += len(out)
-        return out
+        if self._accept_grew or self.accept_changed:
+            self.accept_changed, self._accept_grew = self._accept_grew, set()
+        out = self._out
+        if out:
+            self._out = []
+            self.stats.datagrams_sent += len(out)
+            return out
+        return []
 
     def _touch_all(self) -> None:
         for conn in self.connections.values():
@@ -700,9 +709,13 @@ class Host:
         except Exception as exc:
             self._fail(conn, exc, now)
             return
-        room = self._unvalidated.get(conn)
+        room = self._unvalidated.get(conn) if self._unvalidated else None
+        if room is None:
+            for data in datagrams:
+                self._out.append((data, addr))
+            return
         for data in datagrams:
-            if room is not None and conn.state not in SYNCHRONIZED:
+            if conn.state not in SYNCHRONIZED:
                 fitted = self._fit(data, room[1])
                 if fitted is None:
                     continue
@@ -714,25 +727,24 @@ class Host:
             self._out.append((data, addr))
 
     def _arm_touched(self) -> None:
-        unarmed = self._unarmed
+        """Remember each unarmed connection's deadline; a new heap entry only if it moved
+        earlier than its live one."""
+        unarmed, deadlines, entries = self._unarmed, self._deadline, self._entry
         for conn in unarmed:
             try:
                 deadline = conn.next_timer()
             except Exception as exc:
                 self._fail(conn, exc, self._now)
                 deadline = None
-            self._arm(conn, deadline)
+            if deadline is None or conn.state is State.CLOSED:
+                deadlines.pop(conn, None)
+                entries.pop(conn, None)  # its heap entry, if any, is now stale
+                continue
+            deadlines[conn] = deadline
+            entry = entries.get(conn)
+            if entry is None or deadline < entry[0]:
+                self._push(conn, deadline)
         unarmed.clear()
-
-    def _arm(self, conn: Connection, deadline: float | None) -> None:
-        if deadline is None or conn.state is State.CLOSED:
-            self._deadline.pop(conn, None)
-            self._entry.pop(conn, None)  # its heap entry, if any, is now stale
-            return
-        self._deadline[conn] = deadline
-        entry = self._entry.get(conn)
-        if entry is None or deadline < entry[0]:
-            self._push(conn, deadline)
 
     def _push(self, conn: Connection, deadline: float) -> None:
         n = next(self._tiebreak)
@@ -748,10 +760,11 @@ class Host:
         """For the touched connections: move handshaken passive ones to their accept queue,
         forget closed ones. RFC 7413 4.2.2: one that took data from its SYN (Fast Open) is
         accepted in SYN-RECEIVED."""
+        pending = self._pending_of
         for conn in self._touched:
             if conn.fastopen is not None:
                 _fastopen.settle(conn)
-            lst = self._pending_of.get(conn)
+            lst = pending.get(conn) if pending else None
             if lst is not None and (conn.state in SYNCHRONIZED or _fastopen.accept_early(conn)):
                 del self._pending_of[conn]
                 self._unvalidated.pop(conn, None)

@@ -208,14 +208,15 @@ class LossRecovery:
         # slow start), and stays so until that round is acknowledged, so ACKs that fall in
         # a pacing gap still count. Waiting for the pacing clock alone does not make a
         # sender cwnd-limited: cwnd, and the pacing rate with it, would grow without bound.
-        cwnd, pipe = self.cc.cwnd, self.scoreboard.pipe
-        if pipe + self.mss > cwnd or (self.cc.in_slow_start() and 2 * pipe >= cwnd):
+        cc = self.cc
+        cwnd, pipe = cc.cwnd, self.scoreboard.pipe
+        if pipe + cc.mss > cwnd or (2 * pipe >= cwnd and cc.in_slow_start()):
             self._cwnd_limited_seq = snd_nxt
 
     def _arm_tlp(self, now: float, allowed: bool, rto_deadline: float | None) -> None:
         """RFC 8985 7.2: arm the PTO with SACK, data in flight, no recovery, no probe out."""
         sb = self.scoreboard
-        if not (allowed and sb.pipe > 0 and not self.in_recovery and self._tlp_end is None):
+        if not (allowed and sb.pipe > 0 and self._recovery_point is None and self._tlp_end is None):
             self._tlp_deadline = None
             return
         if self._tlp_deadline is not None:
@@ -289,7 +290,8 @@ class LossRecovery:
             if not sack_ok:
                 delivered += self.mss  # RFC 9937: DeliveredData without SACK
                 self._reno_sacked = min(self._reno_sacked + self.mss, snd_nxt - snd_una)
-        self._tlp_on_ack(now, snd_una, snd_nxt)
+        if self._tlp_end is not None:
+            self._tlp_on_ack(now, snd_una, snd_nxt)
         if sack_ok and self._rack_detect(now):
             newly_lost = True
         loss_seen = sb.lost_bytes or (not sack_ok and self._dupacks >= DUP_THRESH)
@@ -306,7 +308,8 @@ class LossRecovery:
         return newly_sacked
 
     def _tlp_on_ack(self, now: float, snd_una: int, snd_nxt: int) -> None:
-        """RFC 8985 7.4.2: judge a probe's episode once the ACK reaches TLP.end_seq."""
+        """RFC 8985 7.4.2: judge a probe's episode once the ACK reaches TLP.end_seq (called
+        while a probe is out)."""
         end = self._tlp_end
         if end is None or snd_una < end:
             return
@@ -413,6 +416,9 @@ class LossRecovery:
         """RFC 8985 6.2 step 5 / 6.3: mark losses, arm the reordering timer for the rest.
         Returns whether new losses were found."""
         sb = self.scoreboard
+        if not len(sb) and not sb.retransmitted:
+            self._rack_deadline = None  # nothing in flight: nothing to find lost
+            return False
         lost_before = sb.lost_bytes
         reo = self.rack.reo_wnd(
             in_recovery=self.in_recovery,
@@ -449,10 +455,15 @@ class LossRecovery:
         # 4.1, only on ACKs that advance SND.UNA), or there is none. Otherwise it times the
         # newest segment this ACK delivered; segments SACKed before were delivered then.
         rtt = ts_rtt
-        if not any(s.retransmits for s in acked_segments):
-            fresh = [s for s in acked_segments if not s.sacked]
-            if fresh:
-                rtt = now - fresh[-1].xmit_time
+        newest: SentSegment | None = None
+        for s in acked_segments:
+            if s.retransmits:
+                break
+            if not s.sacked:
+                newest = s
+        else:
+            if newest is not None:
+                rtt = now - newest.xmit_time
         if rtt is not None:
             self.rtt.on_sample(rtt)
         if acked_segments:
@@ -549,10 +560,11 @@ class LossRecovery:
 
     def next_deadline(self) -> float | None:
         """The earliest loss (RACK reordering), probe (TLP) or pacing deadline, or None."""
-        best: float | None = None
-        for t in (self._rack_deadline, self._tlp_deadline, self._pacer.deadline()):
-            if t is not None and (best is None or t < best):
-                best = t
+        best, tlp, pacing = self._rack_deadline, self._tlp_deadline, self._pacer.deadline()
+        if tlp is not None and (best is None or tlp < best):
+            best = tlp
+        if pacing is not None and (best is None or pacing < best):
+            best = pacing
         return best
 
     def probe_timer_due(self, now: float) -> bool:

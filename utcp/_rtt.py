@@ -29,7 +29,8 @@ class RttEstimator:
 
     def on_sample(self, rtt: float) -> None:
         """Feed one RTT measurement (Karn's rule is the caller's job: RFC 6298 (3))."""
-        rtt = max(rtt, 0.0)
+        if rtt < 0.0:
+            rtt = 0.0
         self.latest_rtt = rtt
         if self.min_rtt is None or rtt < self.min_rtt:
             self.min_rtt = rtt
@@ -53,7 +54,8 @@ class RttEstimator:
 
     def current_rto(self) -> float:
         """The RTO to arm now, including backoff (RFC 6298 (5.5)), capped by (2.5)."""
-        return min(self.rto * (1 << min(self.backoff, 30)), self.max_rto)
+        rto = self.rto * (1 << min(self.backoff, 30)) if self.backoff else self.rto
+        return rto if rto <= self.max_rto else self.max_rto
 
     def back_off(self) -> None:
         # RFC 6298 (5.5): double the RTO on expiry.

@@ -21,6 +21,11 @@ class State(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    # Members are singletons, so identity is equality: hash them by identity at C speed
+    # (Enum.__hash__ hashes the name in Python, and the hot path tests membership in the
+    # frozensets below several times per segment).
+    __hash__ = object.__hash__
+
 
 # RFC 9293 3.3.2: the states after the handshake, where sequence numbers are synchronized.
 SYNCHRONIZED = frozenset(
@@ -49,6 +54,8 @@ CAN_OUTPUT_DATA = frozenset(
 SENDING_FIN = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
 # The handshake is under way: our SYN (or SYN-ACK) is sent and retransmitted.
 HANDSHAKING = frozenset({State.SYN_SENT, State.SYN_RECEIVED})
+# Keep-alives are sent (RFC 9293 3.8.4): synchronized, and not merely waiting out 2 MSL.
+KEEPALIVE_STATES = SYNCHRONIZED - {State.TIME_WAIT}
 # No SYN of ours has been answered yet: options we announce in it may still change.
 BEFORE_SYN = frozenset({State.CLOSED, State.LISTEN, State.SYN_SENT})
 # RFC 9293 3.10.5 ABORT: the peer holds state for the connection, so it gets a RST.

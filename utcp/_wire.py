@@ -49,6 +49,8 @@ _MAX_SACK_BLOCKS = 4  # RFC 2018 3: 4 blocks fill 34 of the 40 option bytes
 _MAX_COOKIE_LEN = 16  # RFC 7413 4.1.1 (WIRE.md: option length 2..18)
 
 _HDR = struct.Struct("!HHIIBBHHH")  # ports, seq, ack, offset, flags, window, checksum, urgent
+_HDR_TS = struct.Struct("!HHIIBBHHHIII")  # the same followed by the aligned timestamps block
+_TS_OFFSET = (HEADER_LEN + 12) // 4 << 4  # the data offset byte of a header with only them
 _U16 = struct.Struct("!H")
 _TS_BLOCK = struct.Struct("!III")  # NOP NOP kind len, TSval, TSecr
 _TS_PREFIX = 0x0101080A  # NOP NOP 8 10: the aligned timestamps layout (RFC 7323 appendix A)
@@ -169,6 +171,19 @@ def internet_checksum(data: bytes | bytearray | memoryview) -> int:
 
 def encode(seg: Segment) -> bytes:
     """Serialise ``seg`` into one datagram. Raises ``ValueError`` for local misuse."""
+    ts = seg.timestamps
+    if (
+        ts is not None
+        and not seg.flags & SYN
+        and not seg.sack_blocks
+        and seg.mss is None
+        and seg.wscale is None
+        and not seg.sack_permitted
+        and seg.fastopen_cookie is None
+    ):
+        data = _encode_with_timestamps(seg, ts)
+        if data is not None:
+            return data
     opts = _encode_options(seg)
     words = HEADER_LEN // 4 + len(opts) // 4
     try:
@@ -192,6 +207,30 @@ def encode(seg: Segment) -> bytes:
     # WIRE.md: a computed checksum of zero is sent as 0xFFFF, so 0 always means "not computed".
     checksum = 0xFFFF - total % 0xFFFF
     return b"".join((head[:16], _U16.pack(checksum), head[18:], opts, payload))
+
+
+def _encode_with_timestamps(seg: Segment, ts: tuple[int, int]) -> bytes | None:
+    """``encode`` for the segment of an established connection, whose only option is the
+    aligned timestamps block, in one ``pack``; None if a field does not fit (``encode``
+    then names it). The checksum needs no bytes: each field starts on a 16-bit boundary,
+    so its value is congruent (mod 0xFFFF) to the sum of its 16-bit words, as the module
+    docstring says of the whole datagram, and the offset and flags bytes form one word."""
+    payload = seg.payload
+    try:
+        total = (
+            seg.src_port + seg.dst_port + seg.seq + seg.ack + (_TS_OFFSET << 8 | seg.flags)
+            + seg.window + seg.urgent + _TS_PREFIX + ts[0] + ts[1]
+        )  # fmt: skip
+        if payload:
+            total += _sum_value(payload)
+        # WIRE.md: a computed checksum of zero is sent as 0xFFFF (as ``encode`` does).
+        head = _HDR_TS.pack(
+            seg.src_port, seg.dst_port, seg.seq, seg.ack, _TS_OFFSET, seg.flags, seg.window,
+            0xFFFF - total % 0xFFFF, seg.urgent, _TS_PREFIX, ts[0], ts[1],
+        )  # fmt: skip
+    except (struct.error, TypeError):
+        return None
+    return head + payload if payload else head
 
 
 def _check_header_fields(seg: Segment) -> None:
@@ -289,28 +328,34 @@ def decode_untrusted(data: bytes | bytearray | memoryview) -> Segment:
     memoryview into ``data``.
     """
     view = memoryview(data)
-    if view.format != "B" or view.ndim != 1 or not view.c_contiguous:
+    if type(data) is not bytes and (view.format != "B" or view.ndim != 1 or not view.c_contiguous):
         view = memoryview(view.tobytes())
     size = len(view)
     if size < HEADER_LEN:
         raise DecodeError("short", f"{size} bytes")
-    src, dst, seq, ack, offset, flags, window, checksum, urgent = _HDR.unpack_from(view)
+    if size >= HEADER_LEN + 12:
+        # Most segments carry the aligned timestamps block alone: one unpack for both.
+        (src, dst, seq, ack, offset, flags, window, checksum, urgent, prefix, tsval, tsecr) = (
+            _HDR_TS.unpack_from(view)
+        )
+    else:
+        src, dst, seq, ack, offset, flags, window, checksum, urgent = _HDR.unpack_from(view)
+        prefix = tsval = tsecr = 0
     # WIRE.md: 0 means "not computed"; any other value must verify (RFC 1071 4.1: the sum over
     # the data and its checksum is all ones, a multiple of 0xFFFF).
     if checksum and _sum_value(view) % 0xFFFF:
         raise DecodeError("checksum", f"field {checksum:#06x} does not verify")
+    if offset == _TS_OFFSET and prefix == _TS_PREFIX:
+        return Segment(
+            src, dst, seq, ack, flags, window, view[HEADER_LEN + 12 :],
+            timestamps=(tsval, tsecr), urgent=urgent,
+        )  # fmt: skip
     header_len = (offset >> 4) * 4
     if header_len < HEADER_LEN or header_len > size:
         raise DecodeError("offset", f"header of {header_len} bytes in a {size}-byte datagram")
     seg = Segment(src, dst, seq, ack, flags, window, view[header_len:], urgent=urgent)
-    if header_len == HEADER_LEN:
-        return seg
-    if header_len == HEADER_LEN + 12:
-        prefix, tsval, tsecr = _TS_BLOCK.unpack_from(view, HEADER_LEN)
-        if prefix == _TS_PREFIX:
-            seg.timestamps = (tsval, tsecr)
-            return seg
-    _decode_options(view, header_len, seg)
+    if header_len > HEADER_LEN:
+        _decode_options(view, header_len, seg)
     return seg
 
 

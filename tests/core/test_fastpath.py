@@ -96,7 +96,8 @@ def test_same_segments_on_the_wire_with_and_without_the_fast_path(
 
 def run_echo(seed: int, enabled: bool) -> list[tuple[Any, ...]]:
     """40 request-response exchanges (each request acknowledges the last reply) over a
-    lossy link; returns the datagrams on the wire."""
+    lossy link, then each end closes with nothing else to send (a FIN alone); returns the
+    datagrams on the wire."""
     _fastpath.ENABLED = enabled
     try:
         pair = HostPair(seed=seed, link=LinkConfig(delay=0.01, loss=0.02), trace=True)
@@ -111,6 +112,10 @@ def run_echo(seed: int, enabled: bool) -> list[tuple[Any, ...]]:
             server.send(request[::-1])
             pair.net.run(lambda n=size: client.readable >= n, timeout=60.0)
             assert client.receive(1 << 20) == request[::-1]
+        client.shutdown(pair.now)
+        pair.net.run(lambda: server.at_eof, timeout=60.0)
+        server.shutdown(pair.now)
+        pair.run_until_closed((client, server))
     finally:
         _fastpath.ENABLED = True
     return [(r.time, r.src, r.dst, r.data) for r in pair.net.trace_records if r.fate == "sent"]
@@ -119,6 +124,28 @@ def run_echo(seed: int, enabled: bool) -> list[tuple[Any, ...]]:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_same_segments_on_the_wire_for_request_response(seed: int) -> None:
     assert run_echo(seed, True) == run_echo(seed, False)
+
+
+def run_slow_reader(seed: int, enabled: bool) -> list[tuple[Any, ...]]:
+    """A transfer into a small receive buffer read slowly: the window closes and reopens,
+    the sender's output passes find data held back by it, send window probes (persist),
+    then the FIN; returns the datagrams on the wire."""
+    _fastpath.ENABLED = enabled
+    try:
+        config = Config(receive_buffer_size=8192)
+        pair = HostPair(
+            seed=seed, link=LinkConfig(delay=0.01, loss=0.02), config=config, trace=True
+        )
+        up, down = random_payload(seed, 60_000), random_payload(seed + 1, 3000)
+        assert pair.transfer(up, down, slow_reader="server", read_size=2048).intact
+    finally:
+        _fastpath.ENABLED = True
+    return [(r.time, r.src, r.dst, r.data) for r in pair.net.trace_records if r.fate == "sent"]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_same_segments_on_the_wire_behind_a_closing_window(seed: int) -> None:
+    assert run_slow_reader(seed, True) == run_slow_reader(seed, False)
 
 
 # ---------------------------------------------------------------------------- tables
@@ -276,3 +303,26 @@ def test_fast_path_taken_with_the_full_paths_outcome(case: str) -> None:
     slow.handle_timer(later)
     assert fast.segments_to_send(later) == slow.segments_to_send(later)
     assert fast.receive(1 << 20) == slow.receive(1 << 20)
+
+
+@pytest.mark.parametrize("acked_between", [False, True])
+def test_ts_recent_on_the_short_path_follows_last_ack_sent(acked_between: bool) -> None:
+    # RFC 7323 4.3: TS.Recent takes the TSval of a segment with SEG.SEQ =< Last.ACK.sent.
+    # Two in-order data segments: the second one arrives before or after our ACK of the
+    # first, so its SEQ is beyond Last.ACK.sent (TS.Recent stays) or at it (it moves).
+    fast, slow = sending(ts=True), sending(ts=True)
+    first = in_order_data(fast)
+    second = in_order_data(fast, seq=peer(ACK, 101).seq, timestamps=(peer_ts(NOW + 0.01), 0))
+    for conn, enabled in ((fast, True), (slow, False)):
+        _fastpath.ENABLED = enabled
+        try:
+            conn.receive_segment(first, NOW)
+            if acked_between:
+                conn._ack_now = True
+                assert conn.segments_to_send(NOW)
+            conn.receive_segment(second, NOW + 0.01)
+        finally:
+            _fastpath.ENABLED = True
+    assert fast.ts_recent == (second.timestamps[0] if acked_between else first.timestamps[0])
+    assert snapshot(fast) == snapshot(slow)
+    assert fast.segments_to_send(NOW + 0.01) == slow.segments_to_send(NOW + 0.01)

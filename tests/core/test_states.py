@@ -606,6 +606,16 @@ class TestOptionNegotiation:
         sizes = [len(s.payload) for s in conn.segments_to_send(1.0)]
         assert sizes == [effective, effective, 7]
 
+    @pytest.mark.parametrize("ts", [False, True])
+    def test_maxseg_after_the_handshake_lowers_the_segment_size(self, ts: bool) -> None:
+        conn = established(ts=ts)
+        conn.set_mss(600)  # TCP_MAXSEG: only lowers what we send once the SYNs are done
+        effective = 600 - (12 if ts else 0)
+        assert conn.effective_mss == conn.cc.mss == effective
+        conn.nodelay = True
+        conn.send(b"m" * (effective + 7))
+        assert [len(s.payload) for s in conn.segments_to_send(1.0)] == [effective, 7]
+
     def test_sack_only_if_both(self) -> None:
         assert established().sack_ok
         conn = syn_received(sack_permitted=False)

@@ -326,6 +326,8 @@ def test_sack_with_five_blocks_rejected() -> None:
         Segment(1, 2, 0, 0, SYN, 0, wscale=15),
         Segment(1, 2, 0, 0, SYN, 0, timestamps=(2**32, 0)),
         Segment(1, 2, 0, 0, ACK, 0, timestamps=(0, -1)),
+        Segment(1, 2, 2**32, 0, ACK, 0, timestamps=(1, 2)),
+        Segment(1, 2, 0, 0, ACK, 65536, b"x", timestamps=(1, 2)),
         Segment(1, 2, 0, 0, SYN, 0, fastopen_cookie=bytes(17)),
         Segment(1, 2, 0, 0, ACK, 0, mss=1452),
         Segment(1, 2, 0, 0, ACK, 0, wscale=7),
@@ -388,6 +390,25 @@ def test_round_trip(seg: Segment) -> None:
     decoded = decode_untrusted(data)
     assert decoded == seg
     assert encode(decoded) == data
+
+
+@given(
+    u16, u16, u32, u32, st.integers(0, 0xFF).filter(lambda flags: not flags & SYN), u16,
+    st.binary(max_size=64), u16, u32, u32,
+)  # fmt: skip
+@settings(max_examples=300)
+def test_timestamps_only_segments_encode_field_by_field(
+    src: int, dst: int, seq: int, ack: int, flags: int, window: int, payload: bytes,
+    urgent: int, tsval: int, tsecr: int,
+) -> None:  # fmt: skip
+    # The layout of nearly every segment sent (encoded in one pack): header, NOP NOP TS,
+    # payload, checksummed word by word; a computed zero goes out as 0xFFFF (WIRE.md).
+    seg = Segment(src, dst, seq, ack, flags, window, payload, timestamps=(tsval, tsecr))
+    seg.urgent = urgent
+    data = struct.pack("!HHIIBBHHH", src, dst, seq, ack, 0x80, flags, window, 0, urgent)
+    data += h("0101080a") + struct.pack("!II", tsval, tsecr) + payload
+    assert encode(seg) == with_checksum(data, reference_checksum(data) or 0xFFFF)
+    assert decode_untrusted(encode(seg)) == seg
 
 
 @given(st.binary(max_size=80))
