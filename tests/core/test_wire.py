@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 import pytest
@@ -171,6 +172,33 @@ def test_rfc1071_example() -> None:
 @settings(max_examples=300)
 def test_checksum_matches_reference(data: bytes) -> None:
     assert internet_checksum(data) == reference_checksum(data)
+
+
+@pytest.mark.parametrize("size", [8191, 8192, 8193, 8194, 16385, 65475 + 32, 65507])
+@pytest.mark.parametrize("fill", ["random", "zeros", "ones"])
+def test_checksum_of_large_data_matches_reference(size: int, fill: str) -> None:
+    # Above 8 KiB the sum is taken in little-endian pieces (the byte-order independence of
+    # RFC 1071 2(B)); odd sizes, piece boundaries, -0 and +0 must come out as word by word.
+    rng = random.Random(size)
+    data = {
+        "random": rng.randbytes(size),
+        "zeros": bytes(size),
+        "ones": b"\xff" * size,
+    }[fill]
+    expected = reference_checksum(data)
+    assert internet_checksum(data) == expected
+    assert internet_checksum(memoryview(data)) == expected
+    assert internet_checksum(bytearray(data)) == expected
+
+
+def test_a_large_segment_verifies_and_catches_bit_flips() -> None:
+    rng = random.Random(5)
+    data = encode(Segment(1, 2, 3, 4, ACK, 5, rng.randbytes(65475), timestamps=(7, 8)))
+    assert decode_untrusted(data).payload == data[32:]
+    for bit in rng.sample(range(len(data) * 8), 200):
+        corrupt = bytearray(data)
+        corrupt[bit // 8] ^= 0x80 >> (bit % 8)
+        assert decode_reason(bytes(corrupt)) == "checksum", bit
 
 
 def test_checksum_edge_values() -> None:
