@@ -311,6 +311,16 @@ class LossRecovery:
         echoed timestamp (None without timestamps) and ``ts_rtt`` the RTT it gives.
         Returns the bytes newly SACKed.
         """
+        if (
+            old_una == snd_una == snd_nxt
+            and not sack_blocks
+            and not dupack
+            and self._tlp_end is None
+            and self._rack_deadline is None
+        ):
+            # Nothing in flight and nothing reported (a receiver's data segments): no
+            # delivery, no loss, no probe to judge, and RACK has nothing to time.
+            return 0
         sb = self.scoreboard
         newly_sacked = 0
         sacked_before = sb.sacked_bytes
