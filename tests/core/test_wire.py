@@ -337,6 +337,43 @@ def test_sack_with_five_blocks_rejected() -> None:
     assert len(seg.sack_blocks) == 4
 
 
+@given(
+    st.integers(0, 0xFFFF),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 0xFF).map(lambda f: f & ~SYN),
+    st.integers(0, 0xFFFF),
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    st.binary(max_size=40),
+)
+@settings(max_examples=200)
+def test_a_segment_with_timestamps_is_the_header_then_nop_nop_ts(
+    port: int, seq: int, ack: int, flags: int, window: int, ts: tuple[int, int], payload: bytes
+) -> None:
+    # The common segment's one-pack encoding, written out field by field (RFC 9293 3.1,
+    # RFC 7323 appendix A), with the checksum of RFC 1071 (0 sent as 0xFFFF, WIRE.md).
+    seg = Segment(port, 443, seq, ack, flags, window, payload, timestamps=ts)
+    expected = struct.pack("!HHIIBBHHH", port, 443, seq, ack, 0x80, flags, window, 0, 0)
+    expected += h("0101 080a") + struct.pack("!II", *ts) + payload
+    expected = with_checksum(expected, reference_checksum(expected) or 0xFFFF)
+    assert encode(seg) == expected
+    assert decode_untrusted(expected) == seg
+
+
+@pytest.mark.parametrize(
+    ("seg", "field"),
+    [
+        (Segment(70000, 1, 0, 0, ACK, 0, timestamps=(1, 2)), "src_port"),
+        (Segment(1, 2, 0, 2**32, ACK, 0, timestamps=(1, 2)), "ack"),
+        (Segment(1, 2, 0, 0, ACK, 65536, timestamps=(1, 2)), "window"),
+        (Segment(1, 2, 0, 0, ACK, 0, timestamps=(2**32, 2)), "timestamps"),
+    ],
+)
+def test_misuse_with_timestamps_names_the_field(seg: Segment, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        encode(seg)
+
+
 # --- local misuse ---------------------------------------------------------------------------
 
 
