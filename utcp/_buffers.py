@@ -192,6 +192,79 @@ class _SortedStarts:
         return bucket[bisect_right(bucket, x)]
 
 
+class ByteQueue:
+    """In-order bytes waiting for the application, as the chunks they arrived in.
+
+    Each chunk is copied once in and once out: a read joins what it takes (a read of one
+    whole chunk hands it over as it is), and nothing already held moves when more arrives
+    or part is read (a single ``bytearray`` deleted from its front on a partial read, and
+    the next append that outgrew the allocation moved everything still held). Chunks
+    under ``SMALL`` bytes are gathered into a growing ``bytearray`` so that tiny segments
+    do not cost a Python object each.
+    """
+
+    SMALL = 1024
+    __slots__ = ("_chunks", "_len", "_off")
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes | bytearray] = deque()
+        self._len = 0
+        self._off = 0  # bytes of the first chunk already read
+
+    def __len__(self) -> int:
+        return self._len
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        if not n:
+            return
+        chunks = self._chunks
+        if n >= self.SMALL:
+            chunks.append(data if type(data) is bytes else bytes(data))
+        elif chunks and type(tail := chunks[-1]) is bytearray and len(tail) < 65536:
+            tail += data
+        else:
+            chunks.append(bytearray(data))
+        self._len += n
+
+    def read(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` from the front."""
+        n = min(max_bytes, self._len)
+        if n <= 0:
+            return b""
+        chunks, off = self._chunks, self._off
+        first = chunks[0]
+        left = len(first) - off
+        if n <= left:
+            if n == left:
+                chunks.popleft()
+                self._off = 0
+                if not off and type(first) is bytes:
+                    self._len -= n
+                    return first
+            else:
+                self._off = off + n
+            self._len -= n
+            return bytes(memoryview(first)[off : off + n])
+        parts = [memoryview(first)[off:]]
+        chunks.popleft()
+        self._off = 0
+        got = left
+        while got < n:
+            chunk = chunks[0]
+            need = n - got
+            if len(chunk) <= need:
+                parts.append(memoryview(chunk))
+                chunks.popleft()
+                got += len(chunk)
+            else:
+                parts.append(memoryview(chunk)[:need])
+                self._off = need
+                got = n
+        self._len -= n
+        return b"".join(parts)
+
+
 class ReceiveBuffer:
     """In-order bytes waiting for the application plus out-of-order blocks above a hole.
 
@@ -217,7 +290,7 @@ class ReceiveBuffer:
 
     def __init__(self, nxt: int = 1, memory_limit: int | None = None) -> None:
         self.nxt = nxt
-        self.ready = bytearray()
+        self.ready = ByteQueue()
         self._starts = _SortedStarts()
         self._blocks: dict[int, bytearray] = {}
         self._recent: list[int] = []
@@ -231,11 +304,7 @@ class ReceiveBuffer:
         return len(self.ready)
 
     def read(self, max_bytes: int) -> bytes:
-        # One copy out (a bytearray slice would copy twice: into a bytearray, then bytes).
-        with memoryview(self.ready) as view:
-            chunk = bytes(view[:max_bytes])
-        del self.ready[:max_bytes]
-        return chunk
+        return self.ready.read(max_bytes)
 
     @property
     def has_gap(self) -> bool:
@@ -260,7 +329,7 @@ class ReceiveBuffer:
             return 0
         data = data[: end - start]
         if start == self.nxt:
-            self.ready += data
+            self.ready.append(data)
             self.nxt = end
             return end - start + self._pull_in_order()
         self._insert_ooo(start, end, data)
@@ -283,7 +352,7 @@ class ReceiveBuffer:
             block = self._remove(start)
             tail = block[self.nxt - start :]
             if tail:
-                self.ready += tail
+                self.ready.append(tail)
                 self.nxt += len(tail)
                 moved += len(tail)
         return moved

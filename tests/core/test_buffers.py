@@ -1,7 +1,9 @@
 """The send buffer's chunks behave exactly like one flat byte string: writes, reads of any
 range (inside a chunk, across chunk boundaries, at the edges), partial and whole
 acknowledgments, draining to empty and writing again. Checked against a ``bytearray``
-model with random operations, on a tiny chunk size so every boundary is crossed often."""
+model with random operations, on a tiny chunk size so every boundary is crossed often.
+The receive side's in-order queue (``ByteQueue``) likewise, for appends of every size and
+reads that end inside, at the end of, or beyond a chunk."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import random
 
 import pytest
 
-from utcp._buffers import SendBuffer
+from utcp._buffers import ByteQueue, ReceiveBuffer, SendBuffer
 
 
 class TinyChunks(SendBuffer):
@@ -104,3 +106,58 @@ def test_random_operations_match_a_flat_model(chunk: int, seed: int) -> None:
             lo, hi = max(start - una, 0), max(min(stop - una, len(model)), 0)
             assert buf.get(start, stop) == bytes(model[lo:hi]), step
         model_check(buf, model, una)
+
+
+def test_a_read_of_one_whole_chunk_hands_it_over_without_a_copy() -> None:
+    queue = ByteQueue()
+    data = bytes(range(256)) * 8
+    queue.append(memoryview(data))
+    queue.append(b"z" * 5000)
+    first = queue.read(len(data))
+    assert first == data and len(queue) == 5000
+    chunk = queue._chunks[0]
+    assert queue.read(5000) is chunk  # the bytes object itself
+    assert len(queue) == 0 and queue.read(10) == b"" and not queue
+
+
+def test_small_appends_share_a_chunk() -> None:
+    queue = ByteQueue()
+    for i in range(3000):
+        queue.append(bytes([i % 256]))
+    assert len(queue._chunks) == 1 and len(queue) == 3000
+    assert queue.read(3000) == bytes(i % 256 for i in range(3000))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_byte_queue_matches_a_flat_model(seed: int) -> None:
+    rng = random.Random(seed)
+    queue = ByteQueue()
+    model = bytearray()
+    for step in range(600):
+        if rng.random() < 0.55:
+            size = rng.choice([0, 1, 7, 1023, 1024, 1025, 5000, 65475, 70000])
+            data = rng.randbytes(size)
+            kind = rng.choice([bytes, bytearray, memoryview])
+            queue.append(kind(data))
+            model += data
+        else:
+            n = rng.choice([1, 5, 1024, 4096, 65536, 1 << 20, len(model), len(model) + 1])
+            assert queue.read(n) == bytes(model[:n]), step
+            del model[:n]
+        assert len(queue) == len(model) and bool(queue) == bool(model)
+    assert queue.read(1 << 30) == bytes(model)
+
+
+def test_receive_buffer_reads_what_it_was_given_in_order() -> None:
+    rng = random.Random(9)
+    stream = rng.randbytes(300_000)
+    rb = ReceiveBuffer()
+    got = bytearray()
+    offsets = list(range(0, len(stream), 1448))
+    rng.shuffle(offsets)  # out of order: blocks, then pulled in order
+    for off in offsets:
+        rb.insert(1 + off, memoryview(stream)[off : off + 1448], 1 + len(stream))
+        if rng.random() < 0.3:
+            got += rb.read(rng.choice([100, 5000, 70000]))
+    got += rb.read(1 << 30)
+    assert bytes(got) == stream and rb.nxt == 1 + len(stream)
