@@ -24,7 +24,7 @@ from __future__ import annotations
 from . import _congestion
 from ._config import Config
 from ._limits import SEGMENT_OVERHEAD
-from ._pacing import Pacer, pacing_rate
+from ._pacing import Pacer, burst, pacing_rate
 from ._rack import Rack, probe_timeout
 from ._recovery import DUP_THRESH, Prr, Scoreboard, SentSegment
 from ._rtt import RttEstimator
@@ -43,6 +43,7 @@ class LossRecovery:
         "_eifel_tsval",
         "_pacer",
         "_pacing",
+        "_pass_ahead",
         "_pass_rate",
         "_prr",
         "_rack_deadline",
@@ -111,6 +112,7 @@ class LossRecovery:
         self._budget = 0
         self._segments_left = 0
         self._pass_rate: float | None = None
+        self._pass_ahead: float | None = None  # Pacer burst at that rate
         self._cc_state: tuple[int, int] | None = None
 
     @property
@@ -161,15 +163,17 @@ class LossRecovery:
     def _refresh_pass(self) -> None:
         cc = self.cc
         self._budget = self.send_budget()
-        self._pass_rate = self._pacing_rate()
+        self._pass_rate = rate = self._pacing_rate()
+        self._pass_ahead = burst(rate, cc.mss)
         self._cc_state = (cc.cwnd, cc.ssthresh)
 
     def new_data_room(self, now: float) -> int:
         """Bytes of new data the next segment of this pass may carry by the congestion
         state: ``new_data_budget`` (at least 0), or 0 while the pacer holds output back
         and something is in flight (else output waits for ``next_deadline``)."""
-        room = max(self._budget, 0) if self._segments_left > 0 else 0
-        if not self._pacer.allows(now, self._pass_rate, self.cc.mss) and self.scoreboard.pipe > 0:
+        budget = self._budget
+        room = budget if budget > 0 and self._segments_left > 0 else 0
+        if not self._pacer.allows_ahead(now, self._pass_ahead) and self.scoreboard.pipe > 0:
             return 0
         return room
 
