@@ -143,20 +143,16 @@ class LossRecovery:
             room += self._dupacks * self.mss
         return room
 
-    def new_data_budget(self, send_buffer_size: int) -> int:
-        """``send_budget`` for new data: none while the segments in flight already cost as
-        much bookkeeping as the send buffer holds payload (``SEGMENT_OVERHEAD`` each), so a
-        peer claiming a tiny MSS cannot multiply the memory a connection holds (Linux
-        charges each skb's overhead to the send buffer). Retransmissions are not held."""
-        if len(self.scoreboard) >= max(64, send_buffer_size // SEGMENT_OVERHEAD):
-            return 0
-        return self.send_budget()
-
     def begin_new_data(self, send_buffer_size: int) -> None:
-        """The output pass is about to send new data: take its budget (``new_data_budget``)
-        and pacing rate once. Nothing but the pass's own sends changes them until
-        ``after_output`` (no input arrives meanwhile), and ``on_new_data_sent`` accounts for
-        each send, so every segment pays O(1) instead of recomputing both."""
+        """The output pass is about to send new data: take its budget and pacing rate once.
+        Nothing but the pass's own sends changes them until the pass ends (no input arrives
+        meanwhile), and ``on_new_data_sent`` accounts for each send, so a segment costs
+        O(1) instead of recomputing both.
+
+        The budget is ``send_budget``, but none while the segments in flight already cost
+        as much bookkeeping as the send buffer holds payload (``SEGMENT_OVERHEAD`` each),
+        so a peer claiming a tiny MSS cannot multiply the memory a connection holds (Linux
+        charges each skb's overhead to the send buffer). Retransmissions are not held."""
         self._segments_left = max(64, send_buffer_size // SEGMENT_OVERHEAD) - len(self.scoreboard)
         self._refresh_pass()
 
@@ -169,8 +165,8 @@ class LossRecovery:
 
     def new_data_room(self, now: float) -> int:
         """Bytes of new data the next segment of this pass may carry by the congestion
-        state: ``new_data_budget`` (at least 0), or 0 while the pacer holds output back
-        and something is in flight (else output waits for ``next_deadline``)."""
+        state: the pass's budget (at least 0), or 0 while the pacer holds output back and
+        something is in flight (else output waits for ``next_deadline``)."""
         budget = self._budget
         room = budget if budget > 0 and self._segments_left > 0 else 0
         if not self._pacer.allows_ahead(now, self._pass_ahead) and self.scoreboard.pipe > 0:
