@@ -8,53 +8,94 @@ data byte is offset 1.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
+from collections import deque
 
 
 class SendBuffer:
     """Bytes the application handed us that the peer has not acknowledged yet.
 
-    ``una`` is the offset of the first byte held; bytes are released from the front as the
-    peer acknowledges them (``bytearray`` deletes from the front in amortised O(1)).
+    ``una`` is the offset of the first byte held. The bytes sit in chunks of ``CHUNK``
+    bytes (the last one may be shorter), the first starting at offset ``_base``, so the
+    chunk holding an offset is found by one division, a write copies only what it adds, and
+    an acknowledgment drops whole chunks from the front: O(1) per byte written and per
+    chunk released, whatever the buffer holds (a single ``bytearray`` moved everything it
+    held whenever it grew after a front delete). A partly acknowledged first chunk stays
+    until the peer acknowledges all of it, so up to ``CHUNK - 1`` released bytes more than
+    ``len()`` may be held.
     """
 
-    __slots__ = ("_data", "capacity", "una")
+    CHUNK = 65536
+    __slots__ = ("_base", "_chunks", "_len", "capacity", "una")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._data = bytearray()
+        self._chunks: deque[bytearray] = deque()
+        self._base = 1  # offset of the first chunk's first byte
+        self._len = 0
         self.una = 1
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._len
 
     @property
     def end(self) -> int:
         """Offset just past the last byte written."""
-        return self.una + len(self._data)
+        return self.una + self._len
 
     @property
     def free(self) -> int:
-        return max(0, self.capacity - len(self._data))
+        return max(0, self.capacity - self._len)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append as much of ``data`` as fits; return how many bytes were taken."""
         n = min(len(data), self.free)
-        if n:
-            self._data += data[:n]
+        if not n:
+            return 0
+        chunks, size = self._chunks, self.CHUNK
+        taken = 0
+        with memoryview(data) as view:  # slices without copies; each byte is copied once
+            if chunks and len(chunks[-1]) < size:
+                tail = chunks[-1]
+                taken = min(n, size - len(tail))
+                tail += view[:taken]
+            while taken < n:
+                piece = min(n - taken, size)
+                chunks.append(bytearray(view[taken : taken + piece]))
+                taken += piece
+        self._len += n
         return n
 
     def get(self, start: int, stop: int) -> bytes:
-        """The bytes in offsets [start, stop) (clipped to what is held)."""
-        lo = max(start - self.una, 0)
-        return bytes(self._data[lo : max(stop - self.una, lo)])
+        """The bytes in offsets [start, stop) (clipped to what is held), copied once."""
+        una = self.una
+        start = max(start, una)
+        stop = min(stop, una + self._len)
+        if start >= stop:
+            return b""
+        size = self.CHUNK
+        i, lo = divmod(start - self._base, size)
+        hi = lo + stop - start
+        chunks = self._chunks
+        if hi <= size:
+            # The temporary views go at once, so the last chunk can still grow.
+            return bytes(memoryview(chunks[i])[lo:hi])
+        parts = [memoryview(chunks[i])[lo:]]
+        for k in range(i + 1, i + 1 + (hi - 1) // size):
+            parts.append(memoryview(chunks[k])[: hi - (k - i) * size])
+        return b"".join(parts)
 
     def acknowledge(self, upto: int) -> int:
         """Release every byte below offset ``upto``; return how many were released."""
-        n = min(upto - self.una, len(self._data))
+        n = min(upto - self.una, self._len)
         if n <= 0:
             return 0
-        del self._data[:n]
         self.una += n
+        self._len -= n
+        chunks = self._chunks
+        while chunks and self._base + len(chunks[0]) <= self.una:
+            self._base += len(chunks.popleft())
+        if not chunks:
+            self._base = self.una
         return n
 
 
@@ -151,6 +192,79 @@ class _SortedStarts:
         return bucket[bisect_right(bucket, x)]
 
 
+class ByteQueue:
+    """In-order bytes waiting for the application, as the chunks they arrived in.
+
+    Each chunk is copied once in and once out: a read joins what it takes (a read of one
+    whole chunk hands it over as it is), and nothing already held moves when more arrives
+    or part is read (a single ``bytearray`` deleted from its front on a partial read, and
+    the next append that outgrew the allocation moved everything still held). Chunks
+    under ``SMALL`` bytes are gathered into a growing ``bytearray`` so that tiny segments
+    do not cost a Python object each.
+    """
+
+    SMALL = 1024
+    __slots__ = ("_chunks", "_len", "_off")
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes | bytearray] = deque()
+        self._len = 0
+        self._off = 0  # bytes of the first chunk already read
+
+    def __len__(self) -> int:
+        return self._len
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        if not n:
+            return
+        chunks = self._chunks
+        if n >= self.SMALL:
+            chunks.append(data if type(data) is bytes else bytes(data))
+        elif chunks and type(tail := chunks[-1]) is bytearray and len(tail) < 65536:
+            tail += data
+        else:
+            chunks.append(bytearray(data))
+        self._len += n
+
+    def read(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` from the front."""
+        n = min(max_bytes, self._len)
+        if n <= 0:
+            return b""
+        chunks, off = self._chunks, self._off
+        first = chunks[0]
+        left = len(first) - off
+        if n <= left:
+            if n == left:
+                chunks.popleft()
+                self._off = 0
+                if not off and type(first) is bytes:
+                    self._len -= n
+                    return first
+            else:
+                self._off = off + n
+            self._len -= n
+            return bytes(memoryview(first)[off : off + n])
+        parts = [memoryview(first)[off:]]
+        chunks.popleft()
+        self._off = 0
+        got = left
+        while got < n:
+            chunk = chunks[0]
+            need = n - got
+            if len(chunk) <= need:
+                parts.append(memoryview(chunk))
+                chunks.popleft()
+                got += len(chunk)
+            else:
+                parts.append(memoryview(chunk)[:need])
+                self._off = need
+                got = n
+        self._len -= n
+        return b"".join(parts)
+
+
 class ReceiveBuffer:
     """In-order bytes waiting for the application plus out-of-order blocks above a hole.
 
@@ -176,7 +290,7 @@ class ReceiveBuffer:
 
     def __init__(self, nxt: int = 1, memory_limit: int | None = None) -> None:
         self.nxt = nxt
-        self.ready = bytearray()
+        self.ready = ByteQueue()
         self._starts = _SortedStarts()
         self._blocks: dict[int, bytearray] = {}
         self._recent: list[int] = []
@@ -190,11 +304,7 @@ class ReceiveBuffer:
         return len(self.ready)
 
     def read(self, max_bytes: int) -> bytes:
-        # One copy out (a bytearray slice would copy twice: into a bytearray, then bytes).
-        with memoryview(self.ready) as view:
-            chunk = bytes(view[:max_bytes])
-        del self.ready[:max_bytes]
-        return chunk
+        return self.ready.read(max_bytes)
 
     @property
     def has_gap(self) -> bool:
@@ -219,7 +329,7 @@ class ReceiveBuffer:
             return 0
         data = data[: end - start]
         if start == self.nxt:
-            self.ready += data
+            self.ready.append(data)
             self.nxt = end
             return end - start + self._pull_in_order()
         self._insert_ooo(start, end, data)
@@ -242,7 +352,7 @@ class ReceiveBuffer:
             block = self._remove(start)
             tail = block[self.nxt - start :]
             if tail:
-                self.ready += tail
+                self.ready.append(tail)
                 self.nxt += len(tail)
                 moved += len(tail)
         return moved

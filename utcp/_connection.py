@@ -30,7 +30,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from . import _congestion, _fastopen, _fastpath, _timers
+from . import _congestion, _fastopen, _fastpath, _output, _timers
 from ._buffers import BLOCK_OVERHEAD, ReceiveBuffer, SendBuffer
 from ._config import DEFAULT_PEER_MSS, Config
 from ._errors import ConnectionTimedOut, UtcpInternalError, UtcpStateError
@@ -54,7 +54,6 @@ from ._rtt import RttEstimator
 from ._seq import MASK, rfc6528_isn, seq_diff
 from ._state import (
     BEFORE_SYN,
-    CAN_OUTPUT_DATA,
     CAN_QUEUE,
     CAN_RECEIVE,
     CLOSE_QUIETLY_ON_RST,
@@ -87,8 +86,6 @@ log = logging.getLogger("utcp.core")
 SYN_R2 = 180.0
 # RFC 6298 (5.7): RTO after a lost SYN, once data transmission begins.
 RTO_AFTER_SYN_LOSS = 3.0
-# RFC 9293 3.8.6.2.1: Fs, the fraction of the peer's largest window worth sending alone.
-SWS_FRACTION = 0.5
 # RFC 7323 5.5: TS.Recent is invalid after 24 days of idleness.
 PAWS_IDLE_LIMIT = 24 * 24 * 3600.0
 # RFC 7323 4.1 / 5.4: timestamp clock of 1 ms per tick.
@@ -1090,11 +1087,11 @@ class Connection:
                 self._retransmit(seg, out, now)
             # 2. new data within the peer's window and the congestion window.
             sent_before = len(out)
-            self._output_new_data(out, now, force)
+            _output.new_data(self, out, now, force)
         # 3. RFC 8985 7.3: a due tail loss probe: new data if the window allows, else the
         # highest segment sent again.
         if rec.take_probe() and len(out) == sent_before and self.state in SYNCHRONIZED:
-            self._output_new_data(out, now, True, probe=True)
+            _output.new_data(self, out, now, True, probe=True)
             last = self.scoreboard.last()
             resent: int | None = None
             if len(out) == sent_before and last is not None:
@@ -1119,76 +1116,6 @@ class Connection:
         self.recovery.on_retransmit(seg, now)
         if self._rto_deadline is None:
             self._rto_deadline = now + self.rtt.current_rto()
-
-    def _output_new_data(
-        self, out: list[Segment], now: float, force: bool, probe: bool = False
-    ) -> None:
-        sb = self.scoreboard
-        mss = self.effective_mss
-        if self.state not in CAN_OUTPUT_DATA and not _fastopen.sends_early(self):
-            return
-        while True:
-            nxt = max(self._snd_nxt, 1)
-            data_end = self.sndbuf.end
-            wnd_edge = self._snd_una + self.snd_wnd
-            queued = data_end - nxt
-            fin_to_send = self._fin_pending() and nxt == data_end
-            if queued <= 0 and not fin_to_send:
-                return
-            cwnd_room = (
-                mss if probe else max(self.recovery.new_data_budget(self.sndbuf.capacity), 0)
-            )
-            if not probe and not self.recovery.pacing_allows(now) and sb.pipe > 0:
-                cwnd_room = 0
-            usable = min(wnd_edge - nxt, cwnd_room)
-            n = max(0, min(queued, usable, mss))
-            if queued > 0 and not self._should_send(n, queued, nxt, force):
-                if force and not n and not probe:
-                    # RFC 9293 3.8.6.1: zero window probe <SEQ=SND.UNA-1> draws an ACK.
-                    out.append(self._segment(ACK, (self.snd_una - 1) & MASK, b"", now))
-                return
-            # RFC 9293 3.8.6.1: the FIN occupies sequence space and waits for the peer's
-            # window like data (a receiver rejects SEG.LEN 1 with RCV.WND 0); Linux's send
-            # window test counts it too.
-            fin = (
-                self._fin_pending()
-                and nxt + n == data_end
-                and nxt + n < wnd_edge
-                and (n > 0 or cwnd_room > 0 or not sb.pipe)
-            )
-            if n == 0 and not fin:
-                if force and not probe and fin_to_send and nxt >= wnd_edge:
-                    # A persist timeout with only the FIN left: probe the window.
-                    out.append(self._segment(ACK, (self.snd_una - 1) & MASK, b"", now))
-                return
-            force = False
-            end = nxt + n + (1 if fin else 0)
-            out.append(self._data_segment(nxt, end, fin, now))
-            self._snd_nxt = end
-            if fin:
-                self._fin_offset = end - 1
-            self.recovery.on_new_data_sent(nxt, end, fin, now)
-            self.stats.bytes_sent += n
-            if probe:
-                return
-            if self._rto_deadline is None:
-                self._rto_deadline = now + self.rtt.current_rto()
-            if self._unacked_since is None:
-                self._unacked_since = now
-            if fin:
-                return
-
-    def _should_send(self, n: int, queued: int, nxt: int, force: bool) -> bool:
-        """Sender-side silly window avoidance and Nagle (RFC 9293 3.8.6.2.1, 3.7.4)."""
-        if n <= 0:
-            return False
-        if n >= self.effective_mss or force:
-            return True
-        nothing_in_flight = nxt >= self._snd_nxt and max(self._snd_una, 1) >= self._snd_nxt
-        nagle_ok = self.nodelay or nothing_in_flight
-        if n == queued and nagle_ok:
-            return True  # all queued data, pushed
-        return nagle_ok and n >= self.max_snd_wnd * SWS_FRACTION
 
     def _fin_pending(self) -> bool:
         return self._fin_queued and self._fin_offset is None and self.state in SENDING_FIN

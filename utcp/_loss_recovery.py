@@ -7,8 +7,10 @@ sent and when.
 writes cwnd. The connection keeps the sequence space (SND.UNA, SND.NXT), the retransmission
 timer and the segments themselves; it calls this object
 
-- on send: ``send_budget``/``pacing_allows`` before, ``on_new_data_sent``/``on_retransmit``
-  after, ``after_output`` once per output pass (arms the tail loss probe);
+- on send: ``send_budget``/``pacing_allows`` before a retransmission, ``on_retransmit``
+  after; ``begin_new_data`` before the new data of an output pass, ``new_data_room`` before
+  each of its segments, ``on_new_data_sent`` after; ``after_output`` once per output pass
+  (arms the tail loss probe);
 - on ACK: ``on_ack`` with the acknowledgment already converted to stream offsets;
 - on timer: ``next_deadline`` is the earliest loss, probe or pacing deadline;
   ``probe_timer_due`` and ``on_timer`` run what is due; ``on_rto`` is the retransmission
@@ -22,7 +24,7 @@ from __future__ import annotations
 from . import _congestion
 from ._config import Config
 from ._limits import SEGMENT_OVERHEAD
-from ._pacing import Pacer, pacing_rate
+from ._pacing import Pacer, burst, pacing_rate
 from ._rack import Rack, probe_timeout
 from ._recovery import DUP_THRESH, Prr, Scoreboard, SentSegment
 from ._rtt import RttEstimator
@@ -34,17 +36,22 @@ class LossRecovery:
     """Sender-side loss detection, recovery, pacing and congestion control of one connection."""
 
     __slots__ = (
+        "_budget",
+        "_cc_state",
         "_cwnd_limited_seq",
         "_dupacks",
         "_eifel_tsval",
         "_pacer",
         "_pacing",
+        "_pass_ahead",
+        "_pass_rate",
         "_prr",
         "_rack_deadline",
         "_recovery_lost",
         "_recovery_point",
         "_reno_sacked",
         "_rto_point",
+        "_segments_left",
         "_tlp_deadline",
         "_tlp_due",
         "_tlp_end",
@@ -99,6 +106,14 @@ class LossRecovery:
         self._eifel_tsval: int | None = None  # RFC 3522: TSval of the RTO retransmission
         self._pacer = Pacer()
         self._cwnd_limited_seq = 0  # cwnd was the limit when SND.NXT was here
+        # The new data of one output pass (from begin_new_data on): its budget, the
+        # segments the send buffer still pays for, the pacing rate, and the cwnd and
+        # ssthresh they were computed from.
+        self._budget = 0
+        self._segments_left = 0
+        self._pass_rate: float | None = None
+        self._pass_ahead: float | None = None  # Pacer burst at that rate
+        self._cc_state: tuple[int, int] | None = None
 
     @property
     def mss(self) -> int:
@@ -128,14 +143,35 @@ class LossRecovery:
             room += self._dupacks * self.mss
         return room
 
-    def new_data_budget(self, send_buffer_size: int) -> int:
-        """``send_budget`` for new data: none while the segments in flight already cost as
-        much bookkeeping as the send buffer holds payload (``SEGMENT_OVERHEAD`` each), so a
-        peer claiming a tiny MSS cannot multiply the memory a connection holds (Linux
+    def begin_new_data(self, send_buffer_size: int) -> None:
+        """The output pass is about to send new data: take its budget and pacing rate once.
+        Nothing but the pass's own sends changes them until the pass ends (no input arrives
+        meanwhile), and ``on_new_data_sent`` accounts for each send, so a segment costs
+        O(1) instead of recomputing both.
+
+        The budget is ``send_budget``, but none while the segments in flight already cost
+        as much bookkeeping as the send buffer holds payload (``SEGMENT_OVERHEAD`` each),
+        so a peer claiming a tiny MSS cannot multiply the memory a connection holds (Linux
         charges each skb's overhead to the send buffer). Retransmissions are not held."""
-        if len(self.scoreboard) >= max(64, send_buffer_size // SEGMENT_OVERHEAD):
+        self._segments_left = max(64, send_buffer_size // SEGMENT_OVERHEAD) - len(self.scoreboard)
+        self._refresh_pass()
+
+    def _refresh_pass(self) -> None:
+        cc = self.cc
+        self._budget = self.send_budget()
+        self._pass_rate = rate = self._pacing_rate()
+        self._pass_ahead = burst(rate, cc.mss)
+        self._cc_state = (cc.cwnd, cc.ssthresh)
+
+    def new_data_room(self, now: float) -> int:
+        """Bytes of new data the next segment of this pass may carry by the congestion
+        state: the pass's budget (at least 0), or 0 while the pacer holds output back and
+        something is in flight (else output waits for ``next_deadline``)."""
+        budget = self._budget
+        room = budget if budget > 0 and self._segments_left > 0 else 0
+        if not self._pacer.allows_ahead(now, self._pass_ahead) and self.scoreboard.pipe > 0:
             return 0
-        return self.send_budget()
+        return room
 
     def output_started(self) -> None:
         """An output pass begins: it decides afresh whether pacing holds it back."""
@@ -167,13 +203,25 @@ class LossRecovery:
         self._sent_bytes(n, now)
 
     def on_new_data_sent(self, start: int, end: int, fin: bool, now: float) -> None:
-        """Offsets [start, end) left for the first time (``fin``: end - 1 is our FIN)."""
+        """Offsets [start, end) left for the first time (``fin``: end - 1 is our FIN), in
+        the output pass ``begin_new_data`` began."""
         sb = self.scoreboard
         sent = SentSegment(start, end, now, fin)
         sent.delivered = self.stats.bytes_acked
         sb.add(sent)
-        self._sent_bytes(end - start, now)
-        self.cc.on_sent(now=now, sent=end - start, in_flight=sb.pipe, snd_nxt=end)
+        n = end - start
+        if self._prr is not None and self._recovery_point is not None:
+            self._prr.on_sent(n)
+        self._pacer.on_sent(n, now, self._pass_rate)
+        cc = self.cc
+        cc.on_sent(now=now, sent=n, in_flight=sb.pipe, snd_nxt=end)
+        # send_budget() fell by n: pipe grew by n, or the PRR quota shrank by n.
+        self._budget -= n
+        self._segments_left -= 1
+        if (cc.cwnd, cc.ssthresh) != self._cc_state:
+            # A restart after idle or the end of a non-validated period (RFC 7661) moved
+            # cwnd: the budget and the pacing rate follow it.
+            self._refresh_pass()
 
     def _sent_bytes(self, n: int, now: float) -> None:
         if self._prr is not None and self.in_recovery:
@@ -264,6 +312,16 @@ class LossRecovery:
         echoed timestamp (None without timestamps) and ``ts_rtt`` the RTT it gives.
         Returns the bytes newly SACKed.
         """
+        if (
+            old_una == snd_una == snd_nxt
+            and not sack_blocks
+            and not dupack
+            and self._tlp_end is None
+            and self._rack_deadline is None
+        ):
+            # Nothing in flight and nothing reported (a receiver's data segments): no
+            # delivery, no loss, no probe to judge, and RACK has nothing to time.
+            return 0
         sb = self.scoreboard
         newly_sacked = 0
         sacked_before = sb.sacked_bytes

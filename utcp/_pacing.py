@@ -45,15 +45,27 @@ class Pacer:
 
     def on_sent(self, n: int, now: float, rate: float | None) -> None:
         if rate is not None:
-            self._next = max(self._next, now) + n / rate
+            last = self._next
+            self._next = (last if last > now else now) + n / rate
 
     def allows(self, now: float, rate: float | None, mss: int) -> bool:
         """The pacing clock may run a burst (PACING_QUANTUM, PACING_BURST) ahead of now."""
-        if rate is None:
+        return self.allows_ahead(now, burst(rate, mss))
+
+    def allows_ahead(self, now: float, ahead: float | None) -> bool:
+        """``allows`` with the burst (``burst(rate, mss)``) computed by the caller."""
+        if ahead is None:
             return True
-        wake = self._next - max(PACING_BURST * mss / rate, PACING_QUANTUM)
+        wake = self._next - ahead
         if now >= wake:
             return True
         self._blocked = True
         self._wake = wake
         return False
+
+
+def burst(rate: float | None, mss: int) -> float | None:
+    """How far ahead of now the pacing clock may run at ``rate`` (None: no pacing)."""
+    if rate is None:
+        return None
+    return max(PACING_BURST * mss / rate, PACING_QUANTUM)

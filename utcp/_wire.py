@@ -8,7 +8,7 @@ The checksum is the RFC 1071 internet checksum over header, options and payload 
 pseudo-header (NATs rewrite the outer addresses). It is computed with one C-speed pass: since
 ``2**16 == 1 (mod 0xFFFF)``, a big-endian integer taken modulo 0xFFFF equals the ones'
 complement sum of its 16-bit words, except that a nonzero sum of 0xFFFF ("negative zero")
-comes out as 0.
+comes out as 0. Large datagrams are summed in pieces (``_sum_value``).
 
 Decoding is on the per-datagram hot path: the fixed header is one ``unpack_from``, a segment
 with no options or with only the NOP NOP TS block takes a fast path, and the payload is a
@@ -151,13 +151,31 @@ class Segment:
         return f"{text} <{','.join(opts)}>" if opts else text
 
 
-def _sum_value(data: bytes | bytearray | memoryview) -> int:
-    """An integer congruent (mod 0xFFFF) to the ones' complement sum of ``data``.
+# Above this size the sum is taken over pieces of this many (an even number of) bytes.
+_SUM_PIECE = 8192
 
-    RFC 1071 2(B): an odd trailing octet is padded with a zero octet on the right.
+
+def _sum_value(data: bytes | bytearray | memoryview) -> int:
+    """An integer congruent (mod 0xFFFF) to the ones' complement sum of ``data``, zero only
+    for all-zero data.
+
+    RFC 1071 2(B): an odd trailing octet is padded with a zero octet on the right. Large
+    data is summed in pieces: each starts at an even offset and (padded like the whole)
+    has an even length, so each 16-bit word keeps its weight modulo 0xFFFF (2**16 == 1).
+    The pieces' sum is an integer a few pieces' size instead of the whole datagram's, so
+    the caller's ``% 0xFFFF`` (a division per 30-bit digit) costs that much less.
     """
-    value = int.from_bytes(data, "big")
-    return value << 8 if len(data) & 1 else value
+    size = len(data)
+    if size <= _SUM_PIECE:
+        value = int.from_bytes(data, "big")
+        return value << 8 if size & 1 else value
+    value = 0
+    with memoryview(data) as view:
+        for i in range(0, size, _SUM_PIECE):
+            piece = view[i : i + _SUM_PIECE]
+            # Only the last piece can be odd: padded as RFC 1071 2(B) pads the whole.
+            value += int.from_bytes(piece, "big") << (len(piece) & 1) * 8
+    return value
 
 
 def internet_checksum(data: bytes | bytearray | memoryview) -> int:

@@ -30,6 +30,7 @@ CORE = [
     "_rack.py",
     "_loss_recovery.py",
     "_pacing.py",
+    "_output.py",
     "_kernel_errors.py",
     "_limits.py",
     "_syncookies.py",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 import pytest
@@ -173,6 +174,33 @@ def test_checksum_matches_reference(data: bytes) -> None:
     assert internet_checksum(data) == reference_checksum(data)
 
 
+@pytest.mark.parametrize("size", [8191, 8192, 8193, 8194, 16385, 65475 + 32, 65507])
+@pytest.mark.parametrize("fill", ["random", "zeros", "ones"])
+def test_checksum_of_large_data_matches_reference(size: int, fill: str) -> None:
+    # Above 8 KiB the sum is taken in little-endian pieces (the byte-order independence of
+    # RFC 1071 2(B)); odd sizes, piece boundaries, -0 and +0 must come out as word by word.
+    rng = random.Random(size)
+    data = {
+        "random": rng.randbytes(size),
+        "zeros": bytes(size),
+        "ones": b"\xff" * size,
+    }[fill]
+    expected = reference_checksum(data)
+    assert internet_checksum(data) == expected
+    assert internet_checksum(memoryview(data)) == expected
+    assert internet_checksum(bytearray(data)) == expected
+
+
+def test_a_large_segment_verifies_and_catches_bit_flips() -> None:
+    rng = random.Random(5)
+    data = encode(Segment(1, 2, 3, 4, ACK, 5, rng.randbytes(65475), timestamps=(7, 8)))
+    assert decode_untrusted(data).payload == data[32:]
+    for bit in rng.sample(range(len(data) * 8), 200):
+        corrupt = bytearray(data)
+        corrupt[bit // 8] ^= 0x80 >> (bit % 8)
+        assert decode_reason(bytes(corrupt)) == "checksum", bit
+
+
 def test_checksum_edge_values() -> None:
     assert internet_checksum(b"") == 0xFFFF
     assert internet_checksum(b"\0\0\0") == 0xFFFF
@@ -307,6 +335,43 @@ def test_sack_with_five_blocks_rejected() -> None:
     assert decode_reason(build(h("052a") + bytes(38))) == "option"
     seg = decode_untrusted(build(h("0101 0522") + bytes(32) + h("0101 0101")))
     assert len(seg.sack_blocks) == 4
+
+
+@given(
+    st.integers(0, 0xFFFF),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 0xFF).map(lambda f: f & ~SYN),
+    st.integers(0, 0xFFFF),
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    st.binary(max_size=40),
+)
+@settings(max_examples=200)
+def test_a_segment_with_timestamps_is_the_header_then_nop_nop_ts(
+    port: int, seq: int, ack: int, flags: int, window: int, ts: tuple[int, int], payload: bytes
+) -> None:
+    # The common segment's one-pack encoding, written out field by field (RFC 9293 3.1,
+    # RFC 7323 appendix A), with the checksum of RFC 1071 (0 sent as 0xFFFF, WIRE.md).
+    seg = Segment(port, 443, seq, ack, flags, window, payload, timestamps=ts)
+    expected = struct.pack("!HHIIBBHHH", port, 443, seq, ack, 0x80, flags, window, 0, 0)
+    expected += h("0101 080a") + struct.pack("!II", *ts) + payload
+    expected = with_checksum(expected, reference_checksum(expected) or 0xFFFF)
+    assert encode(seg) == expected
+    assert decode_untrusted(expected) == seg
+
+
+@pytest.mark.parametrize(
+    ("seg", "field"),
+    [
+        (Segment(70000, 1, 0, 0, ACK, 0, timestamps=(1, 2)), "src_port"),
+        (Segment(1, 2, 0, 2**32, ACK, 0, timestamps=(1, 2)), "ack"),
+        (Segment(1, 2, 0, 0, ACK, 65536, timestamps=(1, 2)), "window"),
+        (Segment(1, 2, 0, 0, ACK, 0, timestamps=(2**32, 2)), "timestamps"),
+    ],
+)
+def test_misuse_with_timestamps_names_the_field(seg: Segment, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        encode(seg)
 
 
 # --- local misuse ---------------------------------------------------------------------------

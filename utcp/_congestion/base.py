@@ -122,7 +122,10 @@ class CongestionController(abc.ABC):
             idle = now - self._last_activity
             if idle > 0:
                 self.on_idle(now=now, idle=idle)
-        self._expire_nvp(now)
+        if now != self._last_activity:
+            # At the time of the last send or ACK the non-validated periods were counted
+            # already (every segment of an output pass shares its ``now``).
+            self._expire_nvp(now)
         self._last_activity = now
         self._on_sent(now=now, sent=sent, in_flight=in_flight, snd_nxt=snd_nxt)
 

@@ -79,8 +79,9 @@ class Cubic(CongestionController):
     # -- hooks ---------------------------------------------------------------------------
 
     def _on_sent(self, *, now: float, sent: int, in_flight: int, snd_nxt: int) -> None:
-        if self.hystart is not None:
-            self.hystart.on_sent(snd_nxt=snd_nxt - sent)
+        hystart = self.hystart
+        if hystart is not None and hystart.window_end is None:  # what on_sent waits for
+            hystart.on_sent(snd_nxt=snd_nxt - sent)
 
     def _on_ack(self, ack: AckSample) -> None:
         if ack.app_limited:
