@@ -38,9 +38,11 @@ INITIAL_SSTHRESH = 1 << 62
 SRTT_ALPHA = 1 / 8
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AckSample:
-    """What one ACK told the sender, as handed to ``_on_ack``."""
+    """What one ACK told the sender, as handed to ``_on_ack``. Not frozen: one is built per
+    ACK, and a frozen dataclass sets each field through ``object.__setattr__`` (3x the cost
+    of the plain constructor); controllers only read it."""
 
     now: float
     acked: int  # bytes newly acknowledged, cumulatively or by SACK
