@@ -266,29 +266,36 @@ async def test_receive_some_is_a_checkpoint_on_every_path_and_loses_nothing() ->
 
 async def test_send_all_sends_before_it_yields_and_is_a_checkpoint() -> None:
     # Like trio's socket streams, send_all puts its segments on the wire and then yields:
-    # a task scheduled before the call sees the datagram already sent.
+    # when this task's step ends for the first time inside the call (its first yield), the
+    # datagram has already been sent.
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            (listener,) = await utcp.open_tcp_listeners(0, host="127.0.0.1")
-            client = await utcp.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
-            server = await listener.accept()
-            stats = client.endpoint.transport.stats
-            before = stats.datagrams_sent
-            seen: list[int] = []
+        (listener,) = await utcp.open_tcp_listeners(0, host="127.0.0.1")
+        client = await utcp.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
+        server = await listener.accept()
+        stats = client.endpoint.transport.stats
+        me = trio.lowlevel.current_task()
+        at_yield: list[int] = []
 
-            async def observer() -> None:
-                seen.append(stats.datagrams_sent)
+        class StepEnds(trio.abc.Instrument):
+            def after_task_step(self, task: trio.lowlevel.Task) -> None:
+                if task is me:
+                    at_yield.append(stats.datagrams_sent)
 
-            nursery.start_soon(observer)
+        before = stats.datagrams_sent
+        instrument = StepEnds()
+        trio.lowlevel.add_instrument(instrument)
+        try:
             with trio.testing.assert_checkpoints():
                 await client.send_all(b"x" * 64)
-            assert seen == [before + 1]
-            assert await server.receive_some(100) == b"x" * 64
-            await client.aclose()
-            with trio.testing.assert_checkpoints(), pytest.raises(trio.ClosedResourceError):
-                await client.send_all(b"late")
-            await server.aclose()
-            await listener.aclose()
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+        assert at_yield and at_yield[0] == before + 1
+        assert await server.receive_some(100) == b"x" * 64
+        await client.aclose()
+        with trio.testing.assert_checkpoints(), pytest.raises(trio.ClosedResourceError):
+            await client.send_all(b"late")
+        await server.aclose()
+        await listener.aclose()
 
 
 # ------------------------------------------------------------------ no task outlives
