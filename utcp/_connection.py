@@ -202,6 +202,7 @@ class Connection:
         self._force_send = False  # a persist timeout: send even a small or probe segment
         self._last_keepalive_time = 0.0
         self._syn_time: float | None = None
+        self._syn_sent_at: float | None = None  # the latest transmission of our SYN
         # -- kernel errors (on_kernel_error) --
         self.soft_error: int | None = None  # errno of the last soft error (like SO_ERROR)
         self._soft_error_time = 0.0  # when it arrived
@@ -1040,6 +1041,7 @@ class Connection:
         """SYN or SYN-ACK with our options (RFC 9293 3.7.1, RFC 7323, RFC 2018)."""
         self._syn_due = False
         self._syn_sends += 1
+        self._syn_sent_at = now
         if self._syn_sends == 1:
             self._syn_time = now
         else:

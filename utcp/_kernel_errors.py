@@ -90,7 +90,11 @@ def kernel_error(conn: Connection, now: float, errno_: int, seq: int | None) -> 
     # Soft errors (RFC 1122 4.2.3.9, RFC 5461 2.2): remembered, like SO_ERROR's soft
     # error, and named when the connection times out.
     if conn.soft_error != errno_ or conn._last_recv_time > conn._soft_error_time:
-        conn._soft_error_first = now
+        # In SYN-SENT the grace runs from the SYN the error answered (the latest sent), not
+        # from when the error was read: a busy endpoint reads the first one late, and the
+        # third SYN's error, read at once, would then fall short of the grace by that much.
+        sent = conn._syn_sent_at
+        conn._soft_error_first = sent if state is State.SYN_SENT and sent is not None else now
     conn.soft_error = errno_
     conn._soft_error_time = now
     if state is State.SYN_SENT and now - conn._soft_error_first >= SYN_SOFT_ERROR_GRACE:

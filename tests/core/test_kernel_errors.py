@@ -19,7 +19,7 @@ from utcp._events import ConnectionFailed
 from utcp._host import Host
 from utcp._kernel_errors import PORT_UNREACHABLE_COUNT, SYN_SOFT_ERROR_GRACE
 from utcp._state import State
-from utcp._wire import ACK, Segment, decode_untrusted, encode
+from utcp._wire import ACK, SYN, Segment, decode_untrusted, encode
 
 OURS = ("192.0.2.1", 5000)
 PEER = ("192.0.2.2", 6000)
@@ -219,6 +219,23 @@ def test_syn_sent_unreachable_fails_the_connect_after_the_grace(code: int) -> No
     (error,) = failed(conn)
     assert isinstance(error, OSError) and error.errno == code
     assert not isinstance(error, TimeoutError)
+
+
+def test_syn_sent_grace_counts_from_the_answered_syn_not_from_when_its_error_was_read() -> None:
+    # SYNs at 0, 1 and 3 s (1 s initial RTO). The first error is read 10 ms late (a busy
+    # endpoint), the third at once: the errors answered SYNs 3 s apart, so the third fails
+    # the connect, however late the first was read.
+    host = make_host()
+    conn = connecting(host)
+    host.handle_kernel_error(icmp(conn, errno.EHOSTUNREACH), 0.010)
+    for t, read_at in ((1.0, 1.002), (3.0, 3.0001)):
+        assert conn.state is State.SYN_SENT
+        host.handle_timer(t)
+        assert [decode_untrusted(d).flags for d, _ in host.datagrams_to_send(t)] == [SYN]
+        host.handle_kernel_error(icmp(conn, errno.EHOSTUNREACH), read_at)
+    assert conn.state is State.CLOSED
+    (error,) = failed(conn)
+    assert isinstance(error, OSError) and error.errno == errno.EHOSTUNREACH
 
 
 def test_syn_sent_unreachable_from_a_failed_send_counts_the_same() -> None:
