@@ -137,20 +137,25 @@ def test_reorder_through_the_link_is_seen_by_the_receiver() -> None:
     assert result["lost"] == 0
 
 
+def _tcp_transfer(link: Link, size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Kernel TCP moves ``size`` bytes client -> server over ``link``: what each end said."""
+    sink = _Server(link, ["tcp-sink", "--port", "0"])
+    try:
+        sent = _client(
+            link,
+            ["tcp-send", "--host", link.client_connect_host, "--port", str(sink.port),
+             "--bytes", str(size)],
+        )  # fmt: skip
+        return sent, sink.result()
+    finally:
+        sink.close()
+
+
 @needs_root
 def test_kernel_tcp_crosses_the_link_intact_and_sees_its_delay() -> None:
     size = 2 << 20
     with open_link("delay 25ms", mode="emulated") as link:
-        sink = _Server(link, ["tcp-sink", "--port", "0"])
-        try:
-            sent = _client(
-                link,
-                ["tcp-send", "--host", link.client_connect_host, "--port", str(sink.port),
-                 "--bytes", str(size)],
-            )  # fmt: skip
-            received = sink.result()
-        finally:
-            sink.close()
+        sent, received = _tcp_transfer(link, size)
         report = link.report()
     assert (received["bytes"], received["sha256"]) == (size, sent["sha256"])
     assert sent["answer"] == "ok"
@@ -166,16 +171,7 @@ def test_kernel_tcp_goodput_through_a_rate_limit_is_the_configured_rate() -> Non
     with open_link(
         "delay 5ms rate 20mbit", mode="emulated", timing_bound_us=SHARED_CPU_BOUND_US
     ) as link:
-        sink = _Server(link, ["tcp-sink", "--port", "0"])
-        try:
-            sent = _client(
-                link,
-                ["tcp-send", "--host", link.client_connect_host, "--port", str(sink.port),
-                 "--bytes", str(size)],
-            )  # fmt: skip
-            received = sink.result()
-        finally:
-            sink.close()
+        sent, received = _tcp_transfer(link, size)
         report = link.report()
     assert received["sha256"] == sent["sha256"]
     # Full-sized segments carry 1448 bytes (timestamps on) in 1500-byte IP packets, which
@@ -309,16 +305,7 @@ def test_kernel_tcp_through_every_impairment_delivers_intact() -> None:
     size = 8 << 20
     spec = "delay 10ms 2ms loss 1% reorder 5% 25% duplicate 1% corrupt 0.1% rate 50mbit"
     with open_link(spec, mode="emulated") as link:
-        sink = _Server(link, ["tcp-sink", "--port", "0"])
-        try:
-            sent = _client(
-                link,
-                ["tcp-send", "--host", link.client_connect_host, "--port", str(sink.port),
-                 "--bytes", str(size)],
-            )  # fmt: skip
-            received = sink.result()
-        finally:
-            sink.close()
+        sent, received = _tcp_transfer(link, size)
         report = link.report()
     assert (received["bytes"], received["sha256"]) == (size, sent["sha256"])
     assert report.drops["loss"] > 0 and report.duplicates > 0 and report.reordered > 0
