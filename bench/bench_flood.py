@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +42,10 @@ import trio
 
 import utcp
 from utcp._wire import SYN, Segment, encode
+
+# The repository root first: the bench package's shared helpers (bench/common.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import stop_process
 
 HOST = "127.0.0.1"  # the benchmark never talks to anything but the loopback interface
 SERVER_MAX_LIFETIME = 3600.0
@@ -277,8 +280,7 @@ def orchestrate(args: argparse.Namespace) -> tuple[int, Json]:
         ok = result["clients_intact"] == args.clients
         return (0 if ok else 1), record
     finally:
-        os.kill(server.pid, signal.SIGKILL)
-        server.wait()
+        stop_process(server)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ import utcp
 
 # The repository root first: the bench package's shared helpers (bench/common.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import compiled_core, percentile, rss_bytes
+from bench.common import compiled_core, percentile, rss_bytes, stop_process
 
 HOST = "127.0.0.1"  # the benchmark never talks to anything but the loopback interface
 ECHO_SIZE = 64
@@ -228,8 +227,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         print(json.dumps({"bench": "scale", "result": result, "conditions": cond}))
         return 0
     finally:
-        os.kill(server.pid, signal.SIGKILL)
-        server.wait()
+        stop_process(server)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -47,7 +46,7 @@ import utcp
 
 # The repository root first: the bench package's shared helpers (bench/common.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import percentile, rss_bytes
+from bench.common import percentile, rss_bytes, stop_process
 
 HOST = "127.0.0.1"  # the benchmark never talks to anything but the loopback interface
 MESSAGE = 64
@@ -298,12 +297,8 @@ def orchestrate(args: argparse.Namespace) -> int:
         ok = result["errors"] == 0 and established == args.connections
         return 0 if ok else 1
     finally:
-        for proc in clients:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        os.kill(server.pid, signal.SIGKILL)
-        server.wait()
+        for proc in [*clients, server]:
+            stop_process(proc)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
