@@ -28,13 +28,14 @@ import time
 from bisect import bisect_right
 from pathlib import Path
 
-# UTCP_BENCH_PATH: another build of utcp to measure (bench/build_compiled.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.common
+# UTCP_BENCH_PATH: another build of utcp to measure (bench/build_compiled.py), ahead of
+# this tree's.
 if os.environ.get("UTCP_BENCH_PATH"):
     sys.path.insert(0, os.path.abspath(os.environ["UTCP_BENCH_PATH"]))
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import utcp
 from bench.common import (
     Json,
@@ -116,6 +117,7 @@ def analyse(timeline: Timeline, sends: list[int], cpu: list[float], warmup: int)
         "passes_per_message": sum(passes) / messages if messages else None,
         "steps_per_message": sum(steps) / messages if messages else None,
         "step_p50_us": step_p50,
+        "server_compiled_core": compiled_core(),
         "cpu_us_per_message": (cpu[-1] - cpu[0]) / max(1, len(cpu) - 1) * 1e6
         if len(cpu) > 1
         else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ def test_a_short_run_reports_both_stacks_with_utcps_extra_task() -> None:
         assert 0 < r["wake_to_send_p50_us"] <= r["wake_to_send_p90_us"]
         assert r["client_p50_us"] > 0 and r["cpu_us_per_message"] > 0
         assert "handler" in r["step_p50_us"]
+        assert r["server_compiled_core"] is False  # this tree, pure Python
     # utcp's datagrams are read by the endpoint's I/O task, which then wakes the handler: one
     # more task step per message than a kernel socket, which the handler reads itself.
     assert "utcp I/O task" in records["utcp"]["step_p50_us"]
@@ -58,3 +60,20 @@ def test_analysis_pairs_each_send_with_the_wake_up_before_it() -> None:
     assert report["steps_per_message"] == 2.5
     assert report["step_p50_us"] == {"handler": 2.0, "utcp I/O task": 1.0}
     assert report["cpu_us_per_message"] == pytest.approx(500.0)
+
+
+def test_utcp_bench_path_comes_before_this_tree(tmp_path: Path) -> None:
+    # UTCP_BENCH_PATH names another build to measure (the compiled core): its utcp must be
+    # the one imported, not this tree's, which the script also puts on sys.path.
+    fake = tmp_path / "utcp"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise SystemExit('the build under UTCP_BENCH_PATH')\n")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "UTCP_BENCH_PATH": str(tmp_path)},
+    )
+    assert "the build under UTCP_BENCH_PATH" in done.stderr
