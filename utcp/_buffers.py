@@ -29,7 +29,10 @@ class SendBuffer:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._chunks: deque[bytearray] = deque()
+        # A list: chunks are found by index, and an acknowledgment drops them from the front
+        # (a pointer move per chunk held, a few hundred at most), while an empty deque would
+        # cost 768 bytes per connection (bench/README.md, "Scale").
+        self._chunks: list[bytearray] = []
         self._base = 1  # offset of the first chunk's first byte
         self._len = 0
         self.una = 1
@@ -93,7 +96,7 @@ class SendBuffer:
         self._len -= n
         chunks = self._chunks
         while chunks and self._base + len(chunks[0]) <= self.una:
-            self._base += len(chunks.popleft())
+            self._base += len(chunks.pop(0))
         if not chunks:
             self._base = self.una
         return n
@@ -207,7 +210,9 @@ class ByteQueue:
     __slots__ = ("_chunks", "_len", "_off")
 
     def __init__(self) -> None:
-        self._chunks: deque[bytes | bytearray] = deque()
+        # Only while bytes are held: an empty deque costs 768 bytes, and most connections of
+        # a busy server have nothing waiting to be read (bench/README.md, "Scale").
+        self._chunks: deque[bytes | bytearray] | None = None
         self._len = 0
         self._off = 0  # bytes of the first chunk already read
 
@@ -219,6 +224,8 @@ class ByteQueue:
         if not n:
             return
         chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = deque()
         if n >= self.SMALL:
             chunks.append(data if type(data) is bytes else bytes(data))
         elif chunks and type(tail := chunks[-1]) is bytearray and len(tail) < 65536:
@@ -233,12 +240,15 @@ class ByteQueue:
         if n <= 0:
             return b""
         chunks, off = self._chunks, self._off
+        assert chunks is not None  # bytes are held
         first = chunks[0]
         left = len(first) - off
         if n <= left:
             if n == left:
                 chunks.popleft()
                 self._off = 0
+                if not chunks:
+                    self._chunks = None
                 if not off and type(first) is bytes:
                     self._len -= n
                     return first
@@ -262,6 +272,8 @@ class ByteQueue:
                 self._off = need
                 got = n
         self._len -= n
+        if not chunks:
+            self._chunks = None
         return b"".join(parts)
 
 

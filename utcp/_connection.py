@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections import deque
 from collections.abc import Callable
 
 from . import _congestion, _fastopen, _fastpath, _output, _timers
@@ -96,6 +95,103 @@ STRETCH_ACK_LIMIT = 65536  # most bytes one ACK covers in a batch (as Linux's 64
 class Connection:
     """One TCP connection's state machine. See the module docstring for how to drive it."""
 
+    # Per-connection state, one slot each: a server holds tens of thousands of these (a
+    # __dict__ per connection cost about 3 kB of it; bench/README.md, "Scale").
+    __slots__ = (
+        "_ack_now",
+        "_ack_split",
+        "_challenge_count",
+        "_challenge_window_start",
+        "_conn_id",
+        "_connect_deadline",
+        "_delack_deadline",
+        "_dsack",
+        "_events",
+        "_fin_offset",
+        "_fin_queued",
+        "_fin_received",
+        "_finwait2_deadline",
+        "_force_send",
+        "_full_arrival",
+        "_full_gap",
+        "_ipv6",
+        "_isn_key",
+        "_iss_override",
+        "_keepalive_deadline",
+        "_keepalive_probes",
+        "_last_ack_sent",
+        "_last_data_time",
+        "_last_keepalive_time",
+        "_last_recv_time",
+        "_last_rto_time",
+        "_offer_wscale",
+        "_out",
+        "_passive",
+        "_pending_levels",
+        "_persist_backoff",
+        "_persist_deadline",
+        "_pingpong",
+        "_probes_out",
+        "_probes_since",
+        "_quick_acks",
+        "_rcv_adv",
+        "_rcv_wnd_capacity",
+        "_rto_answered",
+        "_rto_deadline",
+        "_rto_retries",
+        "_snd_nxt",
+        "_snd_una",
+        "_snd_wl1",
+        "_snd_wl2",
+        "_soft_error_first",
+        "_soft_error_time",
+        "_syn_due",
+        "_syn_retries",
+        "_syn_sends",
+        "_syn_sent_at",
+        "_syn_time",
+        "_timewait_deadline",
+        "_ts_offset",
+        "_ts_recent_time",
+        "_unacked_full_segments",
+        "_unacked_since",
+        "_unreachable_count",
+        "_unreachable_first",
+        "_unreachable_span",
+        "challenge_gate",
+        "config",
+        "effective_mss",
+        "error",
+        "fastopen",
+        "irs",
+        "iss",
+        "keepalive",
+        "keepalive_count",
+        "keepalive_idle",
+        "keepalive_interval",
+        "local_mss",
+        "local_port",
+        "max_snd_wnd",
+        "nodelay",
+        "orphaned",
+        "peer_mss",
+        "rcv_wscale",
+        "rcvbuf",
+        "recovery",
+        "remote_address",
+        "remote_port",
+        "sack_ok",
+        "snd_wnd",
+        "snd_wscale",
+        "sndbuf",
+        "soft_error",
+        "state",
+        "stats",
+        "ts_ok",
+        "ts_recent",
+        "user_timeout",
+    )
+
     def __init__(
         self,
         config: Config,
@@ -126,8 +222,11 @@ class Connection:
         self.keepalive_interval = config.keepalive_interval
         self.keepalive_count = config.keepalive_count
         self.user_timeout = config.user_timeout
-        self._events: deque[Event] = deque()
-        self._pending_levels: set[type[Event]] = set()  # DataReceived etc. queued once
+        # A list, not a deque (768 bytes empty): it holds a few events at most (level events
+        # once each, state changes bounded by the state machine).
+        self._events: list[Event] = []
+        # DataReceived and SendSpaceAvailable queued once each (a list: two kinds at most).
+        self._pending_levels: list[type[Event]] = []
         self._out: list[Segment] = []  # control segments queued by input processing
 
         # -- send side (RFC 9293 3.3.1 names; offsets, see module docstring) --
@@ -1303,15 +1402,18 @@ class Connection:
         bounded by the connection's state, not by the peer's traffic (a connection nobody
         accepts yet would otherwise pile up one event per segment)."""
         if kind not in self._pending_levels:
-            self._pending_levels.add(kind)
+            self._pending_levels.append(kind)
             self._events.append(kind())
 
     def next_event(self) -> Event | None:
         """The next event for the application, or None."""
         if not self._events:
             return None
-        event = self._events.popleft()
-        self._pending_levels.discard(type(event))
+        event = self._events.pop(0)
+        if self._pending_levels:
+            kind = type(event)
+            if kind in self._pending_levels:
+                self._pending_levels.remove(kind)
         return event
 
     # ------------------------------------------------------------------ helpers

@@ -77,9 +77,12 @@ class Scoreboard:
         self.lost_total = 0  # bytes ever deemed lost (a segment each time it is)
         self.reordered = 0  # segments deemed lost that arrived without a retransmission
         self.sacked_segments = 0
-        self._lost_queue: deque[SentSegment] = deque()
+        # The two queues below exist only while they hold something: an empty deque costs
+        # 768 bytes, and most connections of a busy server have nothing lost or resent
+        # (bench/README.md, "Scale").
+        self._lost_queue: deque[SentSegment] | None = None
         # Retransmissions in the order they were sent (RACK walks them by send time).
-        self.retransmitted: deque[tuple[SentSegment, float]] = deque()
+        self.retransmitted: deque[tuple[SentSegment, float]] | None = None
         self.newly_sacked: list[SentSegment] = []  # filled by apply_sack, drained by RACK
         # The SACKed segments as disjoint runs of offsets, [start0, end0, start1, end1, ...]
         # in order, each run starting and ending on segment boundaries.
@@ -225,6 +228,8 @@ class Scoreboard:
         self.pipe -= n
         self.lost_bytes += n
         self.lost_total += n
+        if self._lost_queue is None:
+            self._lost_queue = deque()
         self._lost_queue.append(seg)
         return n
 
@@ -237,7 +242,8 @@ class Scoreboard:
         are resent like the others (as Linux does). SACK blocks arriving after the timeout
         mark again what the receiver still holds, so those are not resent twice.
         """
-        self._lost_queue.clear()
+        queue: deque[SentSegment] = deque()
+        self._lost_queue = queue
         self._sacked_runs.clear()
         for seg in self._segs[self._head :]:
             if seg.sacked:
@@ -248,9 +254,9 @@ class Scoreboard:
                 seg.lost = True
                 self.lost_bytes += n
                 self.lost_total += n
-                self._lost_queue.append(seg)
+                queue.append(seg)
             elif seg.lost:
-                self._lost_queue.append(seg)
+                queue.append(seg)
             else:
                 self.mark_lost(seg)
 
@@ -259,7 +265,10 @@ class Scoreboard:
         q = self._lost_queue
         while q and not q[0].lost:
             q.popleft()
-        return q[0] if q else None
+        if q:
+            return q[0]
+        self._lost_queue = None
+        return None
 
     def on_retransmit(self, seg: SentSegment, now: float) -> None:
         n = seg.end - seg.start
@@ -269,6 +278,8 @@ class Scoreboard:
             self.pipe += n
         seg.retransmits += 1
         seg.xmit_time = now
+        if self.retransmitted is None:
+            self.retransmitted = deque()
         self.retransmitted.append((seg, now))
         self._trim_retransmitted()
 
@@ -282,8 +293,13 @@ class Scoreboard:
         segments in flight, and at most their number right after).
         """
         q = self.retransmitted
+        if q is None:
+            return
         while q and (q[0][0].acked or q[0][0].xmit_time != q[0][1]):
             q.popleft()
+        if not q:
+            self.retransmitted = None
+            return
         if len(q) > 2 * len(self):
             live = [(seg, when) for seg, when in q if not seg.acked and seg.xmit_time == when]
             q.clear()
@@ -292,13 +308,13 @@ class Scoreboard:
     def unmark_lost(self) -> None:
         """A spurious timeout (RFC 4015 2): segments marked lost and not yet sent again
         count as in flight once more, so the sender goes on with new data."""
-        for seg in self._lost_queue:
+        for seg in self._lost_queue or ():
             if seg.lost:
                 n = seg.end - seg.start
                 seg.lost = False
                 self.lost_bytes -= n
                 self.pipe += n
-        self._lost_queue.clear()
+        self._lost_queue = None
 
     def segments_from(self, offset: int) -> Iterator[SentSegment]:
         """Segments in offset order, starting with the first whose start is >= offset."""

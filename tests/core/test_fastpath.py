@@ -235,7 +235,8 @@ DECLINED: dict[str, tuple[Callable[[], Connection], Case]] = {
 
 def snapshot(conn: Connection) -> dict[str, object]:
     plain = (int, float, bool, str, bytes, tuple, type(None))
-    fields = {k: v for k, v in vars(conn).items() if isinstance(v, plain)}
+    values = {k: getattr(conn, k) for k in Connection.__slots__ if hasattr(conn, k)}
+    fields = {k: v for k, v in values.items() if isinstance(v, plain)}
     return {**fields, **tcb(conn), "ooo": conn.rcvbuf.ooo_bytes}
 
 

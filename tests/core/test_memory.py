@@ -13,9 +13,10 @@ from _factories import CONFIG, L, established, peer
 from utcp import Config
 from utcp._buffers import BLOCK_OVERHEAD
 from utcp._config import DEFAULT_PEER_MSS
+from utcp._connection import Connection
 from utcp._limits import SEGMENT_OVERHEAD, connection_memory
 from utcp._wire import ACK
-from utcp.testing import SERVER_ADDR, HostPair
+from utcp.testing import SERVER_ADDR, HostPair, LinkConfig, random_payload
 
 
 def traced_growth(fn: object) -> int:
@@ -117,3 +118,44 @@ def test_forged_sack_blocks_grow_no_state() -> None:
     assert conn.snd_una == L(1) and len(conn.scoreboard) >= in_flight
     assert len(conn.scoreboard) <= in_flight + 200  # at most what the window let out since
     assert grown <= 256 * 1024
+
+
+def lazy_queues(conn: Connection) -> dict[str, object]:
+    """The per-connection deques that exist only while they hold something."""
+    sb = conn.scoreboard
+    return {
+        "receive queue": conn.rcvbuf.ready._chunks,
+        "lost queue": sb._lost_queue,
+        "retransmission log": sb.retransmitted,
+    }
+
+
+def test_a_connection_back_to_idle_holds_no_deque_and_no_instance_dict() -> None:
+    # bench/README.md "Scale": a server's idle connections cost what their fixed state
+    # costs. A deque costs 768 bytes even empty and an instance __dict__ about 3 kB for the
+    # Connection's 92 fields: the connection has slots, the small queues (events, send
+    # chunks, pipeACK samples) are lists, and the queues of received data, losses and
+    # retransmissions are deques created when first needed and dropped once empty. A lossy
+    # transfer both ways fills each of them on the way.
+    pair = HostPair(seed=3, link=LinkConfig(delay=0.01, loss=0.05))
+    client, server = pair.connect()
+    assert not hasattr(client, "__dict__") and not hasattr(server, "__dict__")
+    seen: dict[str, bool] = {}
+
+    def watch(now: float, src: object, dst: object, data: bytes) -> bool:
+        for conn in (client, server):
+            for name, queue in lazy_queues(conn).items():
+                seen[name] = seen.get(name, False) or bool(queue)
+        return False
+
+    pair.net.add_filter(watch)
+    data = random_payload(11, 400_000)
+    result = pair.transfer(data, data, connection=(client, server))
+    assert result.intact and client.stats.retransmits > 0 and server.stats.retransmits > 0
+    assert seen == dict.fromkeys(seen, True) and len(seen) == 3  # each held something
+    pair.net.run_for(5.0)
+    for conn in (client, server):
+        assert len(conn.scoreboard) == 0 and conn.readable == 0  # idle
+        assert lazy_queues(conn) == dict.fromkeys(lazy_queues(conn))  # all None
+        small = (conn._events, conn.sndbuf._chunks, conn.cc.cwv._samples)
+        assert all(type(queue) is list for queue in small)

@@ -33,8 +33,6 @@ The whole mechanism is inactive until an ACK carries sequence offsets (``snd_nxt
 
 from __future__ import annotations
 
-from collections import deque
-
 # RFC 7661 5: cwnd is preserved for at most five minutes without validation.
 NON_VALIDATED_PERIOD = 300.0
 # RFC 7661 4.2: PSP = max(3 * RTT, 1 second).
@@ -64,7 +62,10 @@ class WindowValidation:
         self.validated_at: float | None = None  # last time the phase was validated
         self.in_recovery = False
         self.loss_flight_size: int | None = None  # set when loss starts in the NVP
-        self._samples: deque[tuple[float, int]] = deque()
+        # A list, not a deque (768 bytes even empty, bench/README.md "Scale"): it holds one
+        # sample per round trip of the last PSP at most, in decreasing order, and loses
+        # its expired front in one slice.
+        self._samples: list[tuple[float, int]] = []
         self._round_una = 0
         self._round_end: int | None = None
 
@@ -92,10 +93,14 @@ class WindowValidation:
             self._round_una, self._round_end = snd_una, snd_nxt
         # RFC 7661 4.2: pipeACK is the largest sample of the last PSP.
         psp = max(PSP_RTTS * srtt, PSP_MIN) if srtt is not None else PSP_MIN
-        while self._samples and self._samples[0][0] < now - psp:
-            self._samples.popleft()
-        if self._samples:
-            self.pipe_ack = self._samples[0][1]
+        samples = self._samples
+        if samples and samples[0][0] < now - psp:
+            expired = 1
+            while expired < len(samples) and samples[expired][0] < now - psp:
+                expired += 1
+            del samples[:expired]
+        if samples:
+            self.pipe_ack = samples[0][1]
         elif self.pipe_ack is not None:
             self.pipe_ack = 0
         # RFC 7661 4.3: validated when pipeACK >= cwnd / 2 (or undefined), or cwnd-limited.
@@ -107,9 +112,10 @@ class WindowValidation:
         # A sliding-window maximum: samples are kept in decreasing order, so the oldest one
         # left is the largest of the period; a sample no larger than a newer one can never
         # be the maximum again and is dropped.
-        while self._samples and self._samples[-1][1] <= sample:
-            self._samples.pop()
-        self._samples.append((now, sample))
+        samples = self._samples
+        while samples and samples[-1][1] <= sample:
+            samples.pop()
+        samples.append((now, sample))
 
     def expired_periods(self, now: float) -> int:
         """Whole NVPs elapsed since the phase was last validated (each costs a reduction)."""
