@@ -69,6 +69,18 @@ class CongestionController(abc.ABC):
     # Attributes a congestion response changes and ``undo`` restores (RFC 9438 4.9.2 lists
     # CUBIC's); subclasses extend the tuple.
     _undo_state: ClassVar[tuple[str, ...]] = ("cwnd", "ssthresh", "_cwnd_frac")
+    __slots__ = (
+        "_cwnd_frac",
+        "_in_recovery",
+        "_initial_window",
+        "_last_activity",
+        "cwnd",
+        "cwv",
+        "min_rtt",
+        "mss",
+        "srtt",
+        "ssthresh",
+    )
 
     def __init__(self, *, mss: int, initial_window: int) -> None:
         self.mss = mss

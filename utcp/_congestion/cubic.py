@@ -49,6 +49,18 @@ class Cubic(CongestionController):
         "hystart",
     )
 
+    __slots__ = (
+        "_limited_since",
+        "cwnd_epoch",
+        "cwnd_prior",
+        "fast_convergence",
+        "hystart",
+        "k",
+        "t_epoch",
+        "w_est",
+        "w_max",
+    )
+
     def __init__(
         self,
         *,

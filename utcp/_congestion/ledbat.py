@@ -37,6 +37,8 @@ ALLOWED_INCREASE = 1
 class Ledbat(CongestionController):
     name: ClassVar[str] = "ledbat"
 
+    __slots__ = ("_last_rollover", "base_delays", "current_delays", "target")
+
     def __init__(self, *, mss: int, initial_window: int, target: float = TARGET) -> None:
         if not 0 < target <= TARGET:
             raise ValueError(f"LEDBAT target must be in (0, {TARGET}] seconds, not {target}")

@@ -14,6 +14,8 @@ class NewReno(CongestionController):
         "_acked_in_ca",
     )
 
+    __slots__ = ("_acked_in_ca",)
+
     def __init__(self, *, mss: int, initial_window: int) -> None:
         super().__init__(mss=mss, initial_window=initial_window)
         self._acked_in_ca = 0
