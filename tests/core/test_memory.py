@@ -139,7 +139,8 @@ def test_a_connection_back_to_idle_holds_no_deque_and_no_instance_dict() -> None
     # transfer both ways fills each of them on the way.
     pair = HostPair(seed=3, link=LinkConfig(delay=0.01, loss=0.05))
     client, server = pair.connect()
-    assert not hasattr(client, "__dict__") and not hasattr(server, "__dict__")
+    for conn in (client, server):
+        assert not hasattr(conn, "__dict__") and not hasattr(conn.cc, "__dict__")
     seen: dict[str, bool] = {}
 
     def watch(now: float, src: object, dst: object, data: bytes) -> bool:
