@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from utcp._config import Config
 from utcp._connection import Connection
 from utcp._events import Event
@@ -387,3 +389,19 @@ def tcb(conn: Connection) -> dict[str, object]:
         "at_eof": conn.at_eof,
         "error": conn.error,
     }
+
+
+def route_method(monkeypatch: pytest.MonkeyPatch, obj: object, name: str, to: Any) -> None:
+    """Send calls of ``obj.<name>`` to ``to`` for the rest of the test. Objects with
+    ``__slots__`` (connections, congestion controllers) take no per-instance attributes,
+    so the method is patched on the class and routes only ``obj``'s calls; ``to`` may call
+    the original through a bound method taken before this."""
+    cls = type(obj)
+    original = getattr(cls, name)
+
+    def routed(self: object, *args: Any, **kwargs: Any) -> Any:
+        if self is obj:
+            return to(*args, **kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, routed)

@@ -21,6 +21,7 @@ from _factories import (
     peer,
     peer_syn,
     peer_ts,
+    route_method,
     syn_received,
     syn_sent,
 )
@@ -214,7 +215,7 @@ class TestInitialWindow:
 
 
 class TestRecoveryEnd:
-    def test_recovery_end_reports_the_bytes_lost(self) -> None:
+    def test_recovery_end_reports_the_bytes_lost(self, monkeypatch: pytest.MonkeyPatch) -> None:
         # RFC 7661 4.4.1: at the end of recovery the controller hears R, the bytes deemed
         # lost during it (window validation bases cwnd on what was really delivered).
         conn = established()
@@ -225,7 +226,7 @@ class TestRecoveryEnd:
             reported.append(lost)
             on_recovery_end(now=now, lost=lost)
 
-        conn.cc.on_recovery_end = record  # type: ignore[method-assign]
+        route_method(monkeypatch, conn.cc, "on_recovery_end", record)
         send(conn, 10, T_EST)
         ack(conn, start(0), T_EST + 0.5, (start(1), start(4)), (start(5), start(10)))
         assert conn.in_recovery

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from _factories import route_method
 
 from utcp import Config
 from utcp._wire import decode_untrusted
@@ -161,7 +162,9 @@ def test_ledbat_yields_to_cubic() -> None:
     assert both * 8 / 15.0 > 0.9 * RATE
 
 
-def test_loss_response_is_beta_times_flight_size_at_most_cwnd() -> None:
+def test_loss_response_is_beta_times_flight_size_at_most_cwnd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # RFC 9438 4.6 / RFC 5681 3.1: ssthresh = beta * FlightSize, where FlightSize counts
     # data SACKed before the loss was detected (RFC 5681 2) but not data that SACKs let
     # out beyond cwnd (RFC 5681 3.2, limited transmit). So the cut is beta * cwnd for a
@@ -182,7 +185,7 @@ def test_loss_response_is_beta_times_flight_size_at_most_cwnd() -> None:
         on_loss(now=now, in_flight=in_flight)
         seen.append((window, flight, sb.pipe + sb.lost_bytes, cc.ssthresh))
 
-    cc.on_loss = record  # type: ignore[method-assign]
+    route_method(monkeypatch, cc, "on_loss", record)
     data = random_payload(4, 6_000_000)
     assert pair.transfer(data, b"", connection=(client, server)).intact
     assert len(drop.dropped) == 1
@@ -195,7 +198,7 @@ def test_loss_response_is_beta_times_flight_size_at_most_cwnd() -> None:
 
 
 @pytest.mark.parametrize("cc", ["newreno", "cubic"])
-def test_repeated_timeout_holds_ssthresh(cc: str) -> None:
+def test_repeated_timeout_holds_ssthresh(cc: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # RFC 5681 3.1: when a segment the retransmission timer already resent times out
     # again, ssthresh is held constant; cwnd stays at one segment.
     config = Config(congestion_control=cc)
@@ -210,7 +213,7 @@ def test_repeated_timeout_holds_ssthresh(cc: str) -> None:
         on_rto(now=now, in_flight=in_flight, repeated=repeated)
         after.append((client.cc.ssthresh, client.cc.cwnd))
 
-    client.cc.on_rto = record  # type: ignore[method-assign]
+    route_method(monkeypatch, client.cc, "on_rto", record)
     pair.net.add_filter(lambda now, src, dst, data: True)  # the path goes dark
     pair.net.run(lambda: client.stats.rto_expiries >= 3, timeout=60.0)
     assert len(after) == 3
