@@ -1410,10 +1410,8 @@ class Connection:
         if not self._events:
             return None
         event = self._events.pop(0)
-        if self._pending_levels:
-            kind = type(event)
-            if kind in self._pending_levels:
-                self._pending_levels.remove(kind)
+        if type(event) in self._pending_levels:
+            self._pending_levels.remove(type(event))
         return event
 
     # ------------------------------------------------------------------ helpers
